@@ -1,0 +1,76 @@
+"""``python -m emulators.cloudtasks --host H --port P --http-port HP [--tombstone-seconds S]``."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from types import FrameType
+
+from emulators.cloudtasks.server import DEFAULT_GRPC_WORKERS, start_server
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options; see emulators/cloudtasks/README.md."""
+    parser = argparse.ArgumentParser(prog="python -m emulators.cloudtasks")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True, help="gRPC port")
+    parser.add_argument("--http-port", type=int, required=True, help="healthz/certs/history port")
+    parser.add_argument(
+        "--tombstone-seconds",
+        type=float,
+        default=3600.0,
+        help="how long a used task name stays reserved (production: 1 hour)",
+    )
+    parser.add_argument(
+        "--queue-tombstone-seconds",
+        type=float,
+        default=7 * 86400.0,
+        help="how long a deleted queue's name stays reserved (production: 7 days)",
+    )
+    parser.add_argument(
+        "--min-dispatch-deadline",
+        type=float,
+        default=15.0,
+        help="lowest accepted Task.dispatch_deadline (production: 15 s)",
+    )
+    parser.add_argument(
+        "--dispatch-workers",
+        type=int,
+        default=64,
+        help="HTTP dispatch threads, also the global in-flight cap",
+    )
+    parser.add_argument("--grpc-workers", type=int, default=DEFAULT_GRPC_WORKERS)
+    parser.add_argument("--quiet", action="store_true", help="no JSON log lines")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run until SIGTERM or SIGINT."""
+    args = parse_args(argv)
+    handle = start_server(
+        args.host,
+        args.port,
+        args.http_port,
+        tombstone_seconds=args.tombstone_seconds,
+        queue_tombstone_seconds=args.queue_tombstone_seconds,
+        min_dispatch_deadline=args.min_dispatch_deadline,
+        dispatch_workers=args.dispatch_workers,
+        grpc_workers=args.grpc_workers,
+        log_stream=None if args.quiet else sys.stdout,
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    stop.wait()
+    handle.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
