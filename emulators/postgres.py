@@ -263,11 +263,16 @@ class PostgresServer:
         ]
 
     def _check_reachable(self, user: pwd.struct_passwd | None) -> None:
-        """The unprivileged user must be able to reach the state dir (pytest's tmp_path, for
-        one, sits under a 0700 root directory); say so instead of letting initdb fail obscurely."""
+        """Make sure the unprivileged user can reach the state dir, then give it the state dir.
+
+        pytest's ``tmp_path`` sits under ``/tmp/pytest-of-root``, mode 0700: below the system temp
+        dir we add the search bit (traverse only, no listing) to such parents; anywhere else we
+        refuse with an explanation rather than loosen permissions the user chose.
+        """
         if user is None:
             return
-        for parent in self.state_dir.parents:
+        temp_root = Path(tempfile.gettempdir()).resolve()
+        for parent in reversed(self.state_dir.resolve().parents):
             st = parent.stat()
             if st.st_uid == user.pw_uid:
                 continue
@@ -275,10 +280,13 @@ class PostgresServer:
                 continue
             if st.st_mode & stat.S_IXOTH:
                 continue
+            if parent.is_relative_to(temp_root) and st.st_uid == os.geteuid():
+                os.chmod(parent, stat.S_IMODE(st.st_mode) | stat.S_IXOTH)
+                continue
             raise StackError(
                 f"user {user.pw_name!r} cannot enter {parent} (mode {stat.filemode(st.st_mode)}), "
                 f"so PostgreSQL cannot use {self.state_dir}; choose a state dir under a "
-                "world-traversable directory such as /tmp"
+                "world-traversable directory (the repository's .dispatcher/, or /tmp)"
             )
         _chown_tree(self.state_dir, user)
 

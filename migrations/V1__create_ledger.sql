@@ -127,6 +127,8 @@ SELECT r.id AS run_id,
             FILTER (WHERE d.last_error IS NOT NULL))[1] AS latest_error
 FROM runs r
 LEFT JOIN dispatches d ON d.run_id = r.id
-GROUP BY r.id;
+-- Grouping by the filtered columns (not just r.id) lets PostgreSQL push a WHERE on
+-- subscription_id / slot below the aggregate, so the view reads one subscription, not all runs.
+GROUP BY r.id, r.subscription_id, r.slot;
 
 COMMENT ON VIEW run_overview IS 'Runs with dispatch counts per state; filter by subscription_id and slot.';

@@ -1,0 +1,551 @@
+"""Data access for the PostgreSQL ledger: runs, dispatches and the subscription mirror.
+
+Every public method is one short transaction on a pooled connection. Claims are conditional
+writes (``INSERT ... ON CONFLICT DO NOTHING``), never read-then-write, so duplicate ticks,
+duplicate due messages and concurrent fanout instances cannot claim the same dispatch key twice.
+
+What a :class:`Claim` tells fanout to do:
+
+- ``claimed``: this call won the key; create the Cloud Task.
+- not ``claimed`` and state ``claimed`` or ``failed``: an earlier attempt won the key but did not
+  (visibly) create the task. Create it again under the *same* task name; ALREADY_EXISTS from
+  Cloud Tasks means the earlier attempt did land, and counts as done. (``must_create`` is true.)
+- state ``created``: nothing to do.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any, Literal
+
+import psycopg
+from psycopg.rows import class_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+Reason = Literal["schedule", "catch-up", "manual", "replay"]
+DispatchState = Literal["claimed", "created", "failed"]
+REASONS: frozenset[str] = frozenset({"schedule", "catch-up", "manual", "replay"})
+# last_error is for humans; a whole stack trace or HTTP body per attempt would bloat the table.
+MAX_ERROR_CHARS = 2000
+
+
+class LedgerError(RuntimeError):
+    """The ledger refused an operation (bad input or an inconsistent state)."""
+
+
+# -- values ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """A run row as record_run found or created it."""
+
+    id: int
+    subscription_id: str
+    slot: datetime
+    reason: str
+    # True when this call inserted the row; False when the (subscription, slot) was recorded before.
+    recorded: bool
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One source of a due subscription, as fanout wants it dispatched."""
+
+    source_id: str
+    source_kind: str
+    task_name: str
+    queue: str
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The outcome of claiming one dispatch key."""
+
+    dispatch_id: int
+    run_id: int
+    subscription_id: str
+    slot: datetime
+    source_id: str
+    source_kind: str
+    # The stored name and queue: on a retry, recreate under these, not freshly derived ones.
+    task_name: str
+    queue: str
+    state: DispatchState
+    attempts: int
+    # True when this call inserted the row (won the key).
+    claimed: bool
+
+    @property
+    def must_create(self) -> bool:
+        """Whether the caller has to (re)create the Cloud Task: anything short of ``created``."""
+        return self.state != "created"
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """A run with its dispatch counts (``run_overview``)."""
+
+    run_id: int
+    subscription_id: str
+    slot: datetime
+    reason: str
+    selected_at: datetime
+    created_at: datetime
+    source_message_id: str | None
+    dispatches: int
+    created: int
+    claimed: int
+    failed: int
+    latest_error: str | None
+
+
+@dataclass(frozen=True)
+class DispatchRow:
+    """One row of ``dispatches``."""
+
+    id: int
+    run_id: int
+    subscription_id: str
+    slot: datetime
+    source_id: str
+    source_kind: str
+    task_name: str
+    queue: str
+    state: str
+    attempts: int
+    last_error: str | None
+    claimed_at: datetime
+    created_at: datetime | None
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class PruneCounts:
+    """Rows deleted by prune (dispatches go with their runs)."""
+
+    runs: int
+    dispatches: int
+
+
+@dataclass(frozen=True)
+class MirrorDoc:
+    """A Firestore subscription document, as the mirror stores it."""
+
+    subscription_id: str
+    document: Mapping[str, Any]
+    name: str | None = None
+    paused: bool = False
+    status: str | None = None
+    next_run_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    @classmethod
+    def from_document(
+        cls,
+        subscription_id: str,
+        document: Mapping[str, Any],
+        updated_at: datetime | None = None,
+    ) -> MirrorDoc:
+        """Lift the columns the mirror indexes out of a subscription document."""
+        next_run_at = document.get("next_run_at")
+        if isinstance(next_run_at, str):
+            next_run_at = datetime.fromisoformat(next_run_at)
+        name = document.get("name")
+        status = document.get("status")
+        return cls(
+            subscription_id=subscription_id,
+            document=document,
+            name=None if name is None else str(name),
+            paused=bool(document.get("paused", False)),
+            status=None if status is None else str(status),
+            next_run_at=next_run_at if isinstance(next_run_at, datetime) else None,
+            updated_at=updated_at,
+        )
+
+
+@dataclass(frozen=True)
+class MirrorCounts:
+    """What upsert_mirror did: new rows, changed rows, rows already equal."""
+
+    inserted: int
+    updated: int
+    unchanged: int
+
+
+# -- pool ------------------------------------------------------------------------------------
+
+
+def _utc_session(conn: psycopg.Connection[Any]) -> None:
+    # Timestamps come back in UTC whatever the server's TimeZone: what the CLI prints and what the
+    # tests compare stays stable across machines.
+    conn.execute("SET TIME ZONE 'UTC'")
+    conn.commit()
+
+
+def open_pool(
+    conninfo: str,
+    min_size: int = 1,
+    max_size: int = 4,
+    *,
+    timeout: float = 10.0,
+) -> ConnectionPool[psycopg.Connection[Any]]:
+    """A connection pool that has not connected yet.
+
+    It opens on first use by :class:`Ledger` (or an explicit ``pool.open()``), so building one at
+    import or configuration time makes no network call. ``check`` probes an idle connection
+    before handing it out: a serverless instance thawed after minutes of idleness may hold
+    connections the server or a proxy has closed.
+    """
+    return ConnectionPool(
+        conninfo,
+        min_size=min_size,
+        max_size=max_size,
+        open=False,
+        timeout=timeout,
+        configure=_utc_session,
+        check=ConnectionPool.check_connection,
+        name="ledger",
+    )
+
+
+# -- the ledger ------------------------------------------------------------------------------
+
+
+class Ledger:
+    """Runs, dispatches and the subscription mirror, on a psycopg connection pool."""
+
+    def __init__(self, pool: ConnectionPool[psycopg.Connection[Any]]) -> None:
+        self._pool = pool
+        self._open_lock = threading.Lock()
+        self._opened = False
+
+    @property
+    def pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
+        return self._pool
+
+    def _connection(self) -> AbstractContextManager[psycopg.Connection[Any]]:
+        if not self._opened:
+            with self._open_lock:
+                if not self._opened:
+                    if self._pool.closed:
+                        self._pool.open()
+                    self._opened = True
+        # The pool's context manager commits on success and rolls back on an exception.
+        return self._pool.connection()
+
+    # -- runs ---------------------------------------------------------------------------------
+
+    def record_run(
+        self,
+        subscription_id: str,
+        slot: datetime,
+        reason: str,
+        message_id: str | None = None,
+        *,
+        selected_at: datetime | None = None,
+    ) -> RunRef:
+        """Record the run of (subscription, slot), or find the one recorded before.
+
+        One conditional insert; only when it inserted nothing (a duplicate tick, a replay) is the
+        existing row read, in a second statement whose fresh snapshot sees a concurrent
+        winner's committed row.
+        """
+        _require_aware(slot, "slot")
+        if selected_at is not None:
+            _require_aware(selected_at, "selected_at")
+        if reason not in REASONS:
+            raise LedgerError(f"reason {reason!r} is not one of {sorted(REASONS)}")
+        with self._connection() as conn:
+            row = conn.execute(
+                "INSERT INTO runs (subscription_id, slot, reason, source_message_id, selected_at) "
+                "VALUES (%s, %s, %s, %s, coalesce(%s, now())) "
+                "ON CONFLICT (subscription_id, slot) DO NOTHING "
+                "RETURNING id, slot, reason",
+                (subscription_id, slot, reason, message_id, selected_at),
+            ).fetchone()
+            if row is not None:
+                return RunRef(row[0], subscription_id, row[1], row[2], recorded=True)
+            row = conn.execute(
+                "SELECT id, slot, reason FROM runs WHERE subscription_id = %s AND slot = %s",
+                (subscription_id, slot),
+            ).fetchone()
+        if row is None:
+            # Only a prune racing with this very call can get here.
+            raise LedgerError(f"run {subscription_id} @ {slot.isoformat()} vanished")
+        return RunRef(row[0], subscription_id, row[1], row[2], recorded=False)
+
+    def runs_for(self, subscription_id: str, limit: int = 20) -> list[RunRow]:
+        """The subscription's runs with dispatch counts, newest slot first."""
+        with self._connection() as conn, conn.cursor(row_factory=class_row(RunRow)) as cur:
+            # The same columns as the run_overview view, but the LIMIT is applied before the
+            # counting: a minutely subscription has tens of thousands of runs.
+            cur.execute(
+                "SELECT r.id AS run_id, r.subscription_id, r.slot, r.reason, r.selected_at, "
+                "r.created_at, r.source_message_id, c.dispatches, c.created, c.claimed, "
+                "c.failed, c.latest_error "
+                "FROM (SELECT * FROM runs WHERE subscription_id = %s "
+                "      ORDER BY slot DESC LIMIT %s) r "
+                "CROSS JOIN LATERAL ("
+                "  SELECT count(*) AS dispatches, "
+                "         count(*) FILTER (WHERE d.state = 'created') AS created, "
+                "         count(*) FILTER (WHERE d.state = 'claimed') AS claimed, "
+                "         count(*) FILTER (WHERE d.state = 'failed') AS failed, "
+                "         (array_agg(d.last_error ORDER BY d.updated_at DESC) "
+                "            FILTER (WHERE d.last_error IS NOT NULL))[1] AS latest_error "
+                "  FROM dispatches d WHERE d.run_id = r.id) c "
+                "ORDER BY r.slot DESC",
+                (subscription_id, limit),
+            )
+            return cur.fetchall()
+
+    # -- dispatches -----------------------------------------------------------------------------
+
+    def claim_dispatch(
+        self, run: RunRef, source_id: str, source_kind: str, task_name: str, queue: str
+    ) -> Claim:
+        """Claim one dispatch key (run's subscription and slot, source_id). See :class:`Claim`."""
+        return self.claim_dispatches(run, [SourceSpec(source_id, source_kind, task_name, queue)])[0]
+
+    def claim_dispatches(self, run: RunRef, sources: Sequence[SourceSpec]) -> list[Claim]:
+        """Claim the dispatch keys of all of a run's sources in one round trip.
+
+        Returns one Claim per source, in the order given. The insert and the read-back are
+        pipelined: the read is a separate statement so that rows committed by a concurrent
+        claimer (which the insert waited for) are visible to it.
+        """
+        if not sources:
+            return []
+        ids = [s.source_id for s in sources]
+        if len(set(ids)) != len(ids):
+            duplicates = sorted({i for i in ids if ids.count(i) > 1})
+            raise LedgerError(f"duplicate source ids in one claim: {duplicates}")
+        # Inserting in one fixed order (by source id) keeps two concurrent claimers of the same
+        # keys from deadlocking on each other's uncommitted unique-index entries.
+        ordered = sorted(sources, key=lambda s: s.source_id)
+        with self._connection() as conn, conn.pipeline():
+            inserted_cur = conn.execute(
+                "INSERT INTO dispatches (run_id, subscription_id, slot, source_id, "
+                "source_kind, task_name, queue) "
+                "SELECT %s, %s, %s, s.source_id, s.source_kind, s.task_name, s.queue "
+                "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) "
+                "WITH ORDINALITY AS s(source_id, source_kind, task_name, queue, n) "
+                "ORDER BY s.n "
+                "ON CONFLICT (subscription_id, slot, source_id) DO NOTHING "
+                "RETURNING id",
+                (
+                    run.id,
+                    run.subscription_id,
+                    run.slot,
+                    [s.source_id for s in ordered],
+                    [s.source_kind for s in ordered],
+                    [s.task_name for s in ordered],
+                    [s.queue for s in ordered],
+                ),
+            )
+            rows_cur = conn.execute(
+                "SELECT id, run_id, subscription_id, slot, source_id, source_kind, task_name, "
+                "queue, state, attempts "
+                "FROM dispatches "
+                "WHERE subscription_id = %s AND slot = %s AND source_id = ANY(%s)",
+                (run.subscription_id, run.slot, ids),
+            )
+            inserted = {int(r[0]) for r in inserted_cur.fetchall()}
+            rows = rows_cur.fetchall()
+        by_source = {
+            str(r[4]): Claim(
+                dispatch_id=r[0],
+                run_id=r[1],
+                subscription_id=r[2],
+                slot=r[3],
+                source_id=r[4],
+                source_kind=r[5],
+                task_name=r[6],
+                queue=r[7],
+                state=r[8],
+                attempts=r[9],
+                claimed=r[0] in inserted,
+            )
+            for r in rows
+        }
+        missing = [i for i in ids if i not in by_source]
+        if missing:
+            raise LedgerError(f"dispatch rows vanished while claiming: {missing}")
+        return [by_source[i] for i in ids]
+
+    def mark_created(self, dispatch_id: int) -> bool:
+        """The Cloud Task exists (created, or ALREADY_EXISTS). False if it was already marked."""
+        return self.mark_created_many([dispatch_id]) == 1
+
+    def mark_created_many(self, dispatch_ids: Sequence[int]) -> int:
+        """mark_created for many dispatches in one statement; returns how many changed state."""
+        if not dispatch_ids:
+            return 0
+        with self._connection() as conn:
+            cur = conn.execute(
+                "UPDATE dispatches SET state = 'created', created_at = now(), updated_at = now() "
+                "WHERE id = ANY(%s) AND state <> 'created'",
+                (list(dispatch_ids),),
+            )
+            return cur.rowcount
+
+    def mark_failed(self, dispatch_id: int, error: str) -> bool:
+        """A create attempt failed: state ``failed``, attempts + 1, the error kept (truncated).
+
+        Never downgrades a ``created`` row (a concurrent duplicate may have succeeded meanwhile);
+        returns False in that case.
+        """
+        with self._connection() as conn:
+            cur = conn.execute(
+                "UPDATE dispatches SET state = 'failed', attempts = attempts + 1, "
+                "last_error = %s, updated_at = now() "
+                "WHERE id = %s AND state <> 'created'",
+                (error[:MAX_ERROR_CHARS], dispatch_id),
+            )
+            return cur.rowcount == 1
+
+    def dispatches_for(
+        self, subscription_id: str, slot: datetime | None = None, limit: int = 100
+    ) -> list[DispatchRow]:
+        """The subscription's dispatches (of one slot, if given), newest slot first."""
+        if slot is not None:
+            _require_aware(slot, "slot")
+        with self._connection() as conn, conn.cursor(row_factory=class_row(DispatchRow)) as cur:
+            cur.execute(
+                f"SELECT {_DISPATCH_COLUMNS} FROM dispatches "
+                "WHERE subscription_id = %s AND (%s::timestamptz IS NULL OR slot = %s) "
+                "ORDER BY slot DESC, source_id LIMIT %s",
+                (subscription_id, slot, slot, limit),
+            )
+            return cur.fetchall()
+
+    # -- maintenance ----------------------------------------------------------------------------
+
+    def stuck_dispatches(self, older_than: timedelta, limit: int = 1000) -> list[DispatchRow]:
+        """Dispatches still ``claimed`` or ``failed`` whose last change is older than
+        ``older_than``, oldest first: what maintenance reconcile re-creates."""
+        with self._connection() as conn, conn.cursor(row_factory=class_row(DispatchRow)) as cur:
+            # The state list matches the partial index predicate word for word, so it is used.
+            cur.execute(
+                f"SELECT {_DISPATCH_COLUMNS} FROM dispatches "
+                "WHERE state IN ('claimed', 'failed') AND updated_at < now() - %s "
+                "ORDER BY updated_at LIMIT %s",
+                (older_than, limit),
+            )
+            return cur.fetchall()
+
+    def prune(self, before: datetime, batch_size: int = 5000) -> PruneCounts:
+        """Delete runs recorded before ``before``, with their dispatches.
+
+        In batches of ``batch_size`` runs, one short transaction each, so a first prune of a
+        large backlog never holds locks for long.
+        """
+        _require_aware(before, "before")
+        runs = dispatches = 0
+        while True:
+            with self._connection() as conn:
+                row = conn.execute(
+                    "WITH doomed AS ("
+                    "  DELETE FROM runs WHERE id IN ("
+                    "    SELECT id FROM runs WHERE created_at < %s ORDER BY id LIMIT %s)"
+                    "  RETURNING id) "
+                    # The cascade runs at the end of the statement, so the count still sees
+                    # the dispatches about to go.
+                    "SELECT (SELECT count(*) FROM doomed), "
+                    "(SELECT count(*) FROM dispatches WHERE run_id IN (SELECT id FROM doomed))",
+                    (before, batch_size),
+                ).fetchone()
+            batch_runs, batch_dispatches = (int(row[0]), int(row[1])) if row else (0, 0)
+            runs += batch_runs
+            dispatches += batch_dispatches
+            if batch_runs < batch_size:
+                return PruneCounts(runs=runs, dispatches=dispatches)
+
+    # -- subscription mirror ------------------------------------------------------------------
+
+    def upsert_mirror(self, docs: Iterable[MirrorDoc]) -> MirrorCounts:
+        """Insert or update mirror rows in one statement; rows already equal are not rewritten
+        (their ``synced_at`` stays the time they last changed)."""
+        latest: dict[str, MirrorDoc] = {}
+        for doc in docs:
+            # One statement cannot update a row twice; the last document of an id wins.
+            latest[doc.subscription_id] = doc
+        if not latest:
+            return MirrorCounts(0, 0, 0)
+        items = list(latest.values())
+        with self._connection() as conn:
+            rows = conn.execute(
+                "INSERT INTO subscriptions_mirror AS m "
+                "(subscription_id, document, name, paused, status, next_run_at, updated_at) "
+                "SELECT * FROM unnest(%s::text[], %s::jsonb[], %s::text[], %s::boolean[], "
+                "%s::text[], %s::timestamptz[], %s::timestamptz[]) "
+                "ON CONFLICT (subscription_id) DO UPDATE SET "
+                "document = excluded.document, name = excluded.name, paused = excluded.paused, "
+                "status = excluded.status, next_run_at = excluded.next_run_at, "
+                "updated_at = excluded.updated_at, synced_at = now() "
+                "WHERE (m.document, m.name, m.paused, m.status, m.next_run_at, m.updated_at) "
+                "IS DISTINCT FROM (excluded.document, excluded.name, excluded.paused, "
+                "excluded.status, excluded.next_run_at, excluded.updated_at) "
+                # xmax = 0 on the returned row version means it was inserted, not updated.
+                "RETURNING (xmax = 0)",
+                (
+                    [d.subscription_id for d in items],
+                    [Jsonb(dict(d.document), dumps=_dumps) for d in items],
+                    [d.name for d in items],
+                    [d.paused for d in items],
+                    [d.status for d in items],
+                    [d.next_run_at for d in items],
+                    [d.updated_at for d in items],
+                ),
+            ).fetchall()
+        inserted = sum(1 for (was_insert,) in rows if was_insert)
+        updated = len(rows) - inserted
+        return MirrorCounts(inserted, updated, len(items) - len(rows))
+
+    def delete_mirror(self, subscription_ids: Iterable[str]) -> int:
+        """Delete mirror rows; returns how many existed."""
+        ids = list(subscription_ids)
+        if not ids:
+            return 0
+        with self._connection() as conn:
+            cur = conn.execute(
+                "DELETE FROM subscriptions_mirror WHERE subscription_id = ANY(%s)", (ids,)
+            )
+            return cur.rowcount
+
+    def mirror_ids(self) -> set[str]:
+        """Every subscription id in the mirror (sync diffs it against Firestore)."""
+        with self._connection() as conn:
+            return {
+                str(r[0]) for r in conn.execute("SELECT subscription_id FROM subscriptions_mirror")
+            }
+
+
+_DISPATCH_COLUMNS = (
+    "id, run_id, subscription_id, slot, source_id, source_kind, task_name, queue, state, "
+    "attempts, last_error, claimed_at, created_at, updated_at"
+)
+
+
+def _require_aware(value: datetime, what: str) -> None:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise LedgerError(f"{what} must be timezone-aware, got naive {value.isoformat()}")
+
+
+def _json_default(value: object) -> object:
+    # Firestore hands back datetimes (DatetimeWithNanoseconds); JSON has no such type.
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.hex()
+    raise TypeError(f"cannot store {type(value).__name__} in the mirror document")
+
+
+def _dumps(obj: object) -> str:
+    return json.dumps(obj, default=_json_default, sort_keys=True)
