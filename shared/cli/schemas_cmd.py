@@ -22,8 +22,8 @@ import typer
 
 from shared import contracts, topology
 from shared.cli.common import CliError, console, print_json
-from shared.envelope import decode_json
 from shared.config import ConfigError, get_settings
+from shared.envelope import decode_json
 from shared.errors import PayloadDecodeError, PayloadTooLargeError, ValidationIssue
 
 app = typer.Typer(
