@@ -100,10 +100,10 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-def stop_group(pgid: int, timeout: float = 10.0) -> None:
-    """SIGTERM the whole group, wait, then SIGKILL whatever is left."""
+def stop_group(pgid: int, timeout: float = 10.0, sig: int = signal.SIGTERM) -> None:
+    """Signal the whole group (SIGTERM by default), wait, then SIGKILL whatever is left."""
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGTERM)
+        os.killpg(pgid, sig)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not group_alive(pgid):
@@ -127,6 +127,8 @@ class ManagedProcess:
     env: Mapping[str, str] = field(default_factory=dict)
     cwd: Path | None = None
     startup_timeout: float = 60.0
+    # PostgreSQL wants SIGINT (fast shutdown); SIGTERM waits for every client to disconnect.
+    stop_signal: int = signal.SIGTERM
     popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -175,7 +177,7 @@ class ManagedProcess:
     def stop(self, timeout: float = 10.0) -> None:
         if self.popen is None:
             return
-        stop_group(self.popen.pid, timeout)
+        stop_group(self.popen.pid, timeout, self.stop_signal)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(timeout=1.0)
 
@@ -186,3 +188,38 @@ def tail(path: Path, lines: int = 20) -> str:
     except OSError:
         return "(no log)"
     return "\n".join(content[-lines:])
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (Linux /proc), found through parent pids."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            found.append(child)
+            pending.append(child)
+    return found
+
+
+def stop_tree(pid: int, timeout: float = 10.0, sig: int = signal.SIGTERM) -> None:
+    """Stop a component started in its own session, from any process (``stack down``).
+
+    Signals the process group, as :func:`stop_group` does, and also reaps descendants that left
+    the group (PostgreSQL's children each call setsid()).
+    """
+    tree = {pid, *group_members(pid), *descendants(pid)}
+    stop_group(pid, timeout, sig)
+    for leftover in tree:
+        if pid_alive(leftover):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(leftover, signal.SIGKILL)
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline and any(pid_alive(p) for p in tree):
+        time.sleep(0.05)

@@ -1,0 +1,44 @@
+"""Helpers shared by the CLI commands: error reporting and output formats."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, NoReturn
+
+from rich.console import Console
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line, exit code 1."""
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    sys.exit(code)
+
+
+def known_error(exc: BaseException) -> str | None:
+    """The one-line message for errors a user can fix, or None for a real bug."""
+    from emulators.process import StackError
+    from shared.config import ConfigError
+    from shared.topology import TopologyError
+
+    if isinstance(exc, StackError | ConfigError | TopologyError):
+        return str(exc)
+    try:
+        from google.api_core import exceptions as gexc
+    except ImportError:  # pragma: no cover - always installed
+        return None
+    if isinstance(exc, gexc.GoogleAPICallError):
+        return f"{type(exc).__name__}: {exc.message}"
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc}: {getattr(exc, 'filename', '') or ''}".rstrip(": ")
+    return None
+
+
+def print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")

@@ -1,0 +1,208 @@
+"""Typed configuration, parsed once per process from app.toml, app.<env>.toml and the environment.
+
+Precedence (lowest first): ``app.toml`` < ``app.<DISPATCHER_ENV>.toml`` < environment variables
+< explicit keyword arguments to :func:`load_settings`. Every environment variable the project reads
+is named in :class:`Env`, so there is one place to look.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from shared.paths import project_root
+
+
+class Env:
+    """Names of every environment variable the dispatcher reads."""
+
+    ENVIRONMENT = "DISPATCHER_ENV"
+    CONFIG_DIR = "DISPATCHER_CONFIG_DIR"
+    PROJECT = "GOOGLE_CLOUD_PROJECT"
+    PUBSUB_EMULATOR_HOST = "PUBSUB_EMULATOR_HOST"
+    FIRESTORE_EMULATOR_HOST = "FIRESTORE_EMULATOR_HOST"
+    CLOUD_TASKS_EMULATOR_HOST = "CLOUD_TASKS_EMULATOR_HOST"
+    DATABASE_URL = "DATABASE_URL"
+    COLLECTOR_URL = "COLLECTOR_URL"
+    LOG_LEVEL = "DISPATCHER_LOG_LEVEL"
+    PUSH_AUTH_VERIFY = "DISPATCHER_PUSH_AUTH_VERIFY"
+    OIDC_CERTS_URL = "DISPATCHER_OIDC_CERTS_URL"
+
+
+class ConfigError(ValueError):
+    """The configuration files or environment are invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """A Cloud Tasks queue for one source kind."""
+
+    kind: str
+    name: str
+    max_dispatches_per_second: float
+    max_concurrent_dispatches: int
+    max_attempts: int
+    min_backoff_seconds: float
+    max_backoff_seconds: float
+    max_doublings: int
+    collector_url: str | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    environment: str
+    project: str
+    region: str
+    tasks_location: str
+    shard_count: int
+    default_jitter_seconds: int
+    max_payload_bytes: int
+    publish_timeout_seconds: float
+    firestore_page_size: int
+    ledger_retention_days: int
+    log_level: str
+    collector_url: str
+    collector_service_account: str
+    push_auth_verify: bool
+    push_auth_audience: str
+    push_auth_service_account: str
+    queues: Mapping[str, QueueConfig] = field(default_factory=dict)
+    pubsub_emulator_host: str | None = None
+    firestore_emulator_host: str | None = None
+    cloud_tasks_emulator_host: str | None = None
+    database_url: str | None = None
+    oidc_certs_url: str | None = None
+
+    def queue_for(self, kind: str) -> QueueConfig:
+        """The queue that carries tasks of a source kind; unknown kinds are a configuration gap."""
+        try:
+            return self.queues[kind]
+        except KeyError:
+            known = ", ".join(sorted(self.queues)) or "none"
+            raise ConfigError(
+                f"no queue configured for source kind {kind!r} (known: {known})"
+            ) from None
+
+    def collector_url_for(self, kind: str) -> str:
+        return self.queue_for(kind).collector_url or self.collector_url
+
+    def topic_path(self, topic: str) -> str:
+        return f"projects/{self.project}/topics/{topic}"
+
+    def queue_path(self, kind: str) -> str:
+        return (
+            f"projects/{self.project}/locations/{self.tasks_location}/queues/"
+            f"{self.queue_for(kind).name}"
+        )
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, config_dir: Path | None = None, **overrides: Any
+) -> Settings:
+    """Parse configuration files and environment into :class:`Settings`."""
+    environ = os.environ if environ is None else environ
+    environment = environ.get(Env.ENVIRONMENT, "local")
+    directory = config_dir or Path(environ.get(Env.CONFIG_DIR) or project_root())
+    merged = _read_toml(directory / "app.toml", required=True)
+    if environment != "local":
+        _deep_merge(merged, _read_toml(directory / f"app.{environment}.toml", required=True))
+    try:
+        settings = _build(environment, merged, environ)
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"configuration in {directory}: {exc}") from exc
+    return replace(settings, **overrides) if overrides else settings
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, parsed on first use (never at import time)."""
+    return load_settings()
+
+
+def _build(environment: str, raw: Mapping[str, Any], environ: Mapping[str, str]) -> Settings:
+    core = _section(raw, "dispatcher")
+    collector = _section(raw, "collector")
+    push_auth = raw.get("push_auth", {})
+    queues = {
+        kind: QueueConfig(
+            kind=kind,
+            name=str(spec["name"]),
+            max_dispatches_per_second=float(spec["max_dispatches_per_second"]),
+            max_concurrent_dispatches=int(spec["max_concurrent_dispatches"]),
+            max_attempts=int(spec["max_attempts"]),
+            min_backoff_seconds=float(spec["min_backoff_seconds"]),
+            max_backoff_seconds=float(spec["max_backoff_seconds"]),
+            max_doublings=int(spec["max_doublings"]),
+            collector_url=spec.get("collector_url"),
+        )
+        for kind, spec in raw.get("queues", {}).items()
+    }
+    shard_count = int(core["shard_count"])
+    if not 1 <= shard_count <= 1024:
+        raise ConfigError(f"dispatcher.shard_count: {shard_count} is outside 1..1024")
+    jitter = int(core["default_jitter_seconds"])
+    if not 0 <= jitter <= 59:
+        raise ConfigError(f"dispatcher.default_jitter_seconds: {jitter} is outside 0..59")
+    verify_env = environ.get(Env.PUSH_AUTH_VERIFY)
+    return Settings(
+        environment=environment,
+        project=environ.get(Env.PROJECT) or str(core["project"]),
+        region=str(core["region"]),
+        tasks_location=str(core["tasks_location"]),
+        shard_count=shard_count,
+        default_jitter_seconds=jitter,
+        max_payload_bytes=int(core["max_payload_bytes"]),
+        publish_timeout_seconds=float(core["publish_timeout_seconds"]),
+        firestore_page_size=int(core["firestore_page_size"]),
+        ledger_retention_days=int(core["ledger_retention_days"]),
+        log_level=environ.get(Env.LOG_LEVEL) or str(core["log_level"]),
+        collector_url=environ.get(Env.COLLECTOR_URL) or str(collector["url"]),
+        collector_service_account=str(collector["service_account"]),
+        push_auth_verify=(
+            verify_env.lower() in {"1", "true", "yes"}
+            if verify_env
+            else bool(push_auth.get("verify"))
+        ),
+        push_auth_audience=str(push_auth.get("audience", "")),
+        push_auth_service_account=str(push_auth.get("service_account", "")),
+        queues=queues,
+        pubsub_emulator_host=environ.get(Env.PUBSUB_EMULATOR_HOST) or None,
+        firestore_emulator_host=environ.get(Env.FIRESTORE_EMULATOR_HOST) or None,
+        cloud_tasks_emulator_host=environ.get(Env.CLOUD_TASKS_EMULATOR_HOST) or None,
+        database_url=environ.get(Env.DATABASE_URL) or None,
+        oidc_certs_url=environ.get(Env.OIDC_CERTS_URL) or None,
+    )
+
+
+def _section(raw: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    section = raw.get(name)
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"[{name}] section is missing")
+    return section
+
+
+def _read_toml(path: Path, required: bool) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"{path} does not exist") from None
+        return {}
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def _deep_merge(base: dict[str, Any], overlay: Mapping[str, Any]) -> None:
+    for key, value in overlay.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = value
