@@ -76,7 +76,20 @@ class Target:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-            do_POST = do_GET = do_PUT = do_PATCH = do_DELETE = _handle
+            def do_POST(self) -> None:
+                self._handle()
+
+            def do_GET(self) -> None:
+                self._handle()
+
+            def do_PUT(self) -> None:
+                self._handle()
+
+            def do_PATCH(self) -> None:
+                self._handle()
+
+            def do_DELETE(self) -> None:
+                self._handle()
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -176,7 +189,7 @@ def queue_factory(client: tasks_v2.CloudTasksClient) -> Callable[..., tasks_v2.Q
 
     def create(**fields: Any) -> tasks_v2.Queue:
         name = f"{PARENT}/queues/q{next(_queue_counter)}-{uuid.uuid4().hex[:10]}"
-        return client.create_queue(parent=PARENT, queue={"name": name, **fields})
+        return client.create_queue(parent=PARENT, queue=tasks_v2.Queue({"name": name, **fields}))
 
     return create
 

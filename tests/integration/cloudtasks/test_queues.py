@@ -60,7 +60,7 @@ def test_duplicate_queue_is_already_exists(
 ) -> None:
     queue = queue_factory()
     with pytest.raises(exceptions.AlreadyExists):
-        client.create_queue(parent=PARENT, queue={"name": queue.name})
+        client.create_queue(parent=PARENT, queue=tasks_v2.Queue({"name": queue.name}))
 
 
 def test_missing_queue_is_not_found(client: tasks_v2.CloudTasksClient) -> None:
@@ -72,7 +72,9 @@ def test_missing_queue_is_not_found(client: tasks_v2.CloudTasksClient) -> None:
     with pytest.raises(exceptions.NotFound):
         client.delete_queue(name=missing)
     with pytest.raises(exceptions.NotFound):
-        client.create_task(parent=missing, task={"http_request": {"url": "http://x/"}})
+        client.create_task(
+            parent=missing, task=tasks_v2.Task({"http_request": {"url": "http://x/"}})
+        )
 
 
 @pytest.mark.parametrize(
@@ -81,19 +83,23 @@ def test_missing_queue_is_not_found(client: tasks_v2.CloudTasksClient) -> None:
 )
 def test_invalid_queue_ids_are_rejected(client: tasks_v2.CloudTasksClient, queue_id: str) -> None:
     with pytest.raises(exceptions.InvalidArgument):
-        client.create_queue(parent=PARENT, queue={"name": f"{PARENT}/queues/{queue_id}"})
+        client.create_queue(
+            parent=PARENT, queue=tasks_v2.Queue({"name": f"{PARENT}/queues/{queue_id}"})
+        )
 
 
 def test_queue_id_of_100_characters_is_accepted(client: tasks_v2.CloudTasksClient) -> None:
     queue_id = ("L" + uuid.uuid4().hex + "x" * 100)[:100]
-    queue = client.create_queue(parent=PARENT, queue={"name": f"{PARENT}/queues/{queue_id}"})
+    queue = client.create_queue(
+        parent=PARENT, queue=tasks_v2.Queue({"name": f"{PARENT}/queues/{queue_id}"})
+    )
     assert queue.name.endswith(queue_id)
 
 
 def test_queue_outside_parent_is_rejected(client: tasks_v2.CloudTasksClient) -> None:
     other = f"projects/other/locations/us-east1/queues/q-{uuid.uuid4().hex[:8]}"
     with pytest.raises(exceptions.InvalidArgument):
-        client.create_queue(parent=PARENT, queue={"name": other})
+        client.create_queue(parent=PARENT, queue=tasks_v2.Queue({"name": other}))
 
 
 @pytest.mark.parametrize(
@@ -182,7 +188,7 @@ def test_update_of_whole_message_field(
 ) -> None:
     queue = queue_factory()
     updated = client.update_queue(
-        queue={"name": queue.name, "retry_config": {"max_attempts": 5}},
+        queue=tasks_v2.Queue({"name": queue.name, "retry_config": {"max_attempts": 5}}),
         update_mask=field_mask_pb2.FieldMask(paths=["retry_config"]),
     )
     assert updated.retry_config.max_attempts == 5
@@ -195,12 +201,14 @@ def test_update_rejects_output_only_and_invalid_values(
     queue = queue_factory()
     with pytest.raises(exceptions.InvalidArgument):
         client.update_queue(
-            queue={"name": queue.name, "state": tasks_v2.Queue.State.PAUSED},
+            queue=tasks_v2.Queue({"name": queue.name, "state": tasks_v2.Queue.State.PAUSED}),
             update_mask=field_mask_pb2.FieldMask(paths=["state"]),
         )
     with pytest.raises(exceptions.InvalidArgument):
         client.update_queue(
-            queue={"name": queue.name, "rate_limits": {"max_dispatches_per_second": 1000}},
+            queue=tasks_v2.Queue(
+                {"name": queue.name, "rate_limits": {"max_dispatches_per_second": 1000}}
+            ),
             update_mask=field_mask_pb2.FieldMask(paths=["rate_limits"]),
         )
     assert client.get_queue(name=queue.name).rate_limits.max_dispatches_per_second == 500
@@ -209,7 +217,7 @@ def test_update_rejects_output_only_and_invalid_values(
 def test_update_creates_a_missing_queue(client: tasks_v2.CloudTasksClient) -> None:
     name = f"{PARENT}/queues/by-update-{uuid.uuid4().hex[:8]}"
     created = client.update_queue(
-        queue={"name": name, "rate_limits": {"max_dispatches_per_second": 3}}
+        queue=tasks_v2.Queue({"name": name, "rate_limits": {"max_dispatches_per_second": 3}})
     )
     assert created.state == tasks_v2.Queue.State.RUNNING
     assert client.get_queue(name=name).rate_limits.max_dispatches_per_second == 3
@@ -230,7 +238,9 @@ def test_purge_drops_tasks_and_sets_purge_time(
     queue = queue_factory()
     client.pause_queue(name=queue.name)
     for _ in range(5):
-        client.create_task(parent=queue.name, task={"http_request": {"url": "http://x.invalid/"}})
+        client.create_task(
+            parent=queue.name, task=tasks_v2.Task({"http_request": {"url": "http://x.invalid/"}})
+        )
     assert len(list(client.list_tasks(parent=queue.name))) == 5
     purged = client.purge_queue(name=queue.name)
     assert purged.purge_time.timestamp() > 0
@@ -245,7 +255,7 @@ def test_deleted_queue_name_cannot_be_reused_within_the_window(
     with pytest.raises(exceptions.NotFound):
         client.get_queue(name=queue.name)
     with pytest.raises(exceptions.FailedPrecondition):
-        client.create_queue(parent=PARENT, queue={"name": queue.name})
+        client.create_queue(parent=PARENT, queue=tasks_v2.Queue({"name": queue.name}))
 
 
 def test_deleted_queue_name_is_free_after_a_short_configured_window(
@@ -255,14 +265,14 @@ def test_deleted_queue_name_is_free_after_a_short_configured_window(
 ) -> None:
     client = client_for(private_emulator(queue_tombstone_seconds=0.3))
     name = f"{PARENT}/queues/reused"
-    client.create_queue(parent=PARENT, queue={"name": name})
+    client.create_queue(parent=PARENT, queue=tasks_v2.Queue({"name": name}))
     client.delete_queue(name=name)
     with pytest.raises(exceptions.FailedPrecondition):
-        client.create_queue(parent=PARENT, queue={"name": name})
+        client.create_queue(parent=PARENT, queue=tasks_v2.Queue({"name": name}))
 
     def recreate() -> bool:
         try:
-            client.create_queue(parent=PARENT, queue={"name": name})
+            client.create_queue(parent=PARENT, queue=tasks_v2.Queue({"name": name}))
         except exceptions.FailedPrecondition:
             return False
         return True

@@ -41,14 +41,16 @@ def test_create_named_task_and_get_views(
     name = f"{paused_queue}/tasks/sub-1_slot-2_src-3"
     created = client.create_task(
         parent=paused_queue,
-        task={
-            "name": name,
-            "http_request": {
-                "url": FAR_URL,
-                "headers": {"Content-Type": "application/json"},
-                "body": b'{"a": 1}',
-            },
-        },
+        task=tasks_v2.Task(
+            {
+                "name": name,
+                "http_request": {
+                    "url": FAR_URL,
+                    "headers": {"Content-Type": "application/json"},
+                    "body": b'{"a": 1}',
+                },
+            }
+        ),
     )
     assert created.name == name
     assert created.view == tasks_v2.Task.View.BASIC
@@ -83,7 +85,9 @@ def test_generated_names_are_unique_valid_ids(
     client: tasks_v2.CloudTasksClient, paused_queue: str
 ) -> None:
     names = {
-        client.create_task(parent=paused_queue, task={"http_request": {"url": FAR_URL}}).name
+        client.create_task(
+            parent=paused_queue, task=tasks_v2.Task({"http_request": {"url": FAR_URL}})
+        ).name
         for _ in range(20)
     }
     assert len(names) == 20
@@ -100,7 +104,9 @@ def test_invalid_task_ids_are_rejected(
     with pytest.raises(exceptions.InvalidArgument):
         client.create_task(
             parent=paused_queue,
-            task={"name": f"{paused_queue}/tasks/{task_id}", "http_request": {"url": FAR_URL}},
+            task=tasks_v2.Task(
+                {"name": f"{paused_queue}/tasks/{task_id}", "http_request": {"url": FAR_URL}}
+            ),
         )
 
 
@@ -110,7 +116,9 @@ def test_task_id_of_500_characters_is_accepted(
     task_id = ("A_" + uuid.uuid4().hex + "-" * 500)[:500]
     created = client.create_task(
         parent=paused_queue,
-        task={"name": f"{paused_queue}/tasks/{task_id}", "http_request": {"url": FAR_URL}},
+        task=tasks_v2.Task(
+            {"name": f"{paused_queue}/tasks/{task_id}", "http_request": {"url": FAR_URL}}
+        ),
     )
     assert created.name.endswith(task_id)
 
@@ -122,7 +130,7 @@ def test_task_name_in_another_queue_is_rejected(
     with pytest.raises(exceptions.InvalidArgument):
         client.create_task(
             parent=paused_queue,
-            task={"name": f"{other}/tasks/t1", "http_request": {"url": FAR_URL}},
+            task=tasks_v2.Task({"name": f"{other}/tasks/t1", "http_request": {"url": FAR_URL}}),
         )
 
 
@@ -140,14 +148,14 @@ def test_invalid_http_requests_are_rejected(
     client: tasks_v2.CloudTasksClient, paused_queue: str, http_request: dict[str, Any]
 ) -> None:
     with pytest.raises(exceptions.InvalidArgument):
-        client.create_task(parent=paused_queue, task={"http_request": http_request})
+        client.create_task(parent=paused_queue, task=tasks_v2.Task({"http_request": http_request}))
 
 
 def test_task_without_target_is_rejected(
     client: tasks_v2.CloudTasksClient, paused_queue: str
 ) -> None:
     with pytest.raises(exceptions.InvalidArgument):
-        client.create_task(parent=paused_queue, task={})
+        client.create_task(parent=paused_queue, task=tasks_v2.Task({}))
 
 
 def test_schedule_time_more_than_30_days_ahead_is_rejected(
@@ -156,11 +164,15 @@ def test_schedule_time_more_than_30_days_ahead_is_rejected(
     with pytest.raises(exceptions.InvalidArgument):
         client.create_task(
             parent=paused_queue,
-            task={"http_request": {"url": FAR_URL}, "schedule_time": _future(30 * 86400 + 60)},
+            task=tasks_v2.Task(
+                {"http_request": {"url": FAR_URL}, "schedule_time": _future(30 * 86400 + 60)}
+            ),
         )
     accepted = client.create_task(
         parent=paused_queue,
-        task={"http_request": {"url": FAR_URL}, "schedule_time": _future(29 * 86400)},
+        task=tasks_v2.Task(
+            {"http_request": {"url": FAR_URL}, "schedule_time": _future(29 * 86400)}
+        ),
     )
     assert accepted.schedule_time.timestamp() > dt.datetime.now(dt.UTC).timestamp() + 28 * 86400
 
@@ -170,7 +182,7 @@ def test_past_schedule_time_becomes_now(
 ) -> None:
     created = client.create_task(
         parent=paused_queue,
-        task={"http_request": {"url": FAR_URL}, "schedule_time": _future(-3600)},
+        task=tasks_v2.Task({"http_request": {"url": FAR_URL}, "schedule_time": _future(-3600)}),
     )
     assert abs(created.schedule_time.timestamp() - dt.datetime.now(dt.UTC).timestamp()) < 5
 
@@ -180,23 +192,29 @@ def test_dispatch_deadline_must_be_within_production_bounds(
     client_for: Callable[[EmulatorHandle], tasks_v2.CloudTasksClient],
 ) -> None:
     client = client_for(private_emulator())  # production settings: [15 s, 30 min]
-    queue = client.create_queue(parent=PARENT, queue={"name": f"{PARENT}/queues/deadlines"})
+    queue = client.create_queue(
+        parent=PARENT, queue=tasks_v2.Queue({"name": f"{PARENT}/queues/deadlines"})
+    )
     for seconds in (14, 1801):
         with pytest.raises(exceptions.InvalidArgument):
             client.create_task(
                 parent=queue.name,
-                task={
-                    "http_request": {"url": FAR_URL},
-                    "dispatch_deadline": duration_pb2.Duration(seconds=seconds),
-                },
+                task=tasks_v2.Task(
+                    {
+                        "http_request": {"url": FAR_URL},
+                        "dispatch_deadline": duration_pb2.Duration(seconds=seconds),
+                    }
+                ),
             )
     for seconds in (15, 1800):
         created = client.create_task(
             parent=queue.name,
-            task={
-                "http_request": {"url": FAR_URL},
-                "dispatch_deadline": duration_pb2.Duration(seconds=seconds),
-            },
+            task=tasks_v2.Task(
+                {
+                    "http_request": {"url": FAR_URL},
+                    "dispatch_deadline": duration_pb2.Duration(seconds=seconds),
+                }
+            ),
         )
         assert created.dispatch_deadline.total_seconds() == seconds
 
@@ -204,7 +222,8 @@ def test_dispatch_deadline_must_be_within_production_bounds(
 def test_list_tasks_pages_and_views(client: tasks_v2.CloudTasksClient, paused_queue: str) -> None:
     created = {
         client.create_task(
-            parent=paused_queue, task={"http_request": {"url": FAR_URL, "body": b"payload"}}
+            parent=paused_queue,
+            task=tasks_v2.Task({"http_request": {"url": FAR_URL, "body": b"payload"}}),
         ).name
         for _ in range(7)
     }
@@ -226,7 +245,9 @@ def test_list_tasks_pages_and_views(client: tasks_v2.CloudTasksClient, paused_qu
 def test_delete_task_then_get_is_not_found(
     client: tasks_v2.CloudTasksClient, paused_queue: str
 ) -> None:
-    task = client.create_task(parent=paused_queue, task={"http_request": {"url": FAR_URL}})
+    task = client.create_task(
+        parent=paused_queue, task=tasks_v2.Task({"http_request": {"url": FAR_URL}})
+    )
     client.delete_task(name=task.name)
     with pytest.raises(exceptions.NotFound):
         client.get_task(name=task.name)
@@ -239,7 +260,7 @@ def test_duplicate_name_is_already_exists_also_after_delete(
     client: tasks_v2.CloudTasksClient, paused_queue: str
 ) -> None:
     name = f"{paused_queue}/tasks/dedup"
-    task = {"name": name, "http_request": {"url": FAR_URL}}
+    task = tasks_v2.Task({"name": name, "http_request": {"url": FAR_URL}})
     client.create_task(parent=paused_queue, task=task)
     with pytest.raises(exceptions.AlreadyExists):
         client.create_task(parent=paused_queue, task=task)
@@ -255,7 +276,8 @@ def test_same_task_id_in_two_queues_is_independent(
     for queue in (first, second):
         client.pause_queue(name=queue)
         client.create_task(
-            parent=queue, task={"name": f"{queue}/tasks/same", "http_request": {"url": FAR_URL}}
+            parent=queue,
+            task=tasks_v2.Task({"name": f"{queue}/tasks/same", "http_request": {"url": FAR_URL}}),
         )
 
 
@@ -271,7 +293,8 @@ def test_fifty_concurrent_creates_of_one_name_yield_exactly_one_task(
         barrier.wait()
         try:
             client.create_task(
-                parent=paused_queue, task={"name": name, "http_request": {"url": FAR_URL}}
+                parent=paused_queue,
+                task=tasks_v2.Task({"name": name, "http_request": {"url": FAR_URL}}),
             )
             outcome = "created"
         except exceptions.AlreadyExists:
@@ -298,9 +321,11 @@ def test_name_reuse_after_dispatch_follows_the_tombstone_window(
 ) -> None:
     handle = private_emulator(tombstone_seconds=1.0)
     client = client_for(handle)
-    queue = client.create_queue(parent=PARENT, queue={"name": f"{PARENT}/queues/tombstones"})
+    queue = client.create_queue(
+        parent=PARENT, queue=tasks_v2.Queue({"name": f"{PARENT}/queues/tombstones"})
+    )
     name = f"{queue.name}/tasks/once"
-    task = {"name": name, "http_request": {"url": target.url("ok", bucket)}}
+    task = tasks_v2.Task({"name": name, "http_request": {"url": target.url("ok", bucket)}})
     client.create_task(parent=queue.name, task=task)
     poll(lambda: (handle.history(name) or {}).get("state") == "succeeded")
     with pytest.raises(exceptions.NotFound):
@@ -330,7 +355,9 @@ def test_run_task_dispatches_now_even_when_paused(
     client.pause_queue(name=queue.name)
     task = client.create_task(
         parent=queue.name,
-        task={"http_request": {"url": target.url("ok", bucket)}, "schedule_time": _future(3600)},
+        task=tasks_v2.Task(
+            {"http_request": {"url": target.url("ok", bucket)}, "schedule_time": _future(3600)}
+        ),
     )
     ran = client.run_task(name=task.name)
     assert ran.dispatch_count == 1
@@ -351,7 +378,8 @@ def test_run_task_failure_reschedules_with_backoff(
     queue = queue_factory(retry_config={"min_backoff": duration_pb2.Duration(seconds=300)})
     client.pause_queue(name=queue.name)
     task = client.create_task(
-        parent=queue.name, task={"http_request": {"url": target.url("status/500", bucket)}}
+        parent=queue.name,
+        task=tasks_v2.Task({"http_request": {"url": target.url("status/500", bucket)}}),
     )
     started = dt.datetime.now(dt.UTC).timestamp()
     client.run_task(name=task.name)
@@ -367,4 +395,6 @@ def test_create_on_deleted_queue_is_not_found(
     queue = queue_factory()
     client.delete_queue(name=queue.name)
     with pytest.raises(exceptions.NotFound):
-        client.create_task(parent=queue.name, task={"http_request": {"url": FAR_URL}})
+        client.create_task(
+            parent=queue.name, task=tasks_v2.Task({"http_request": {"url": FAR_URL}})
+        )
