@@ -193,17 +193,22 @@ class PostgresServer:
         self.timings["total"] = time.monotonic() - started
 
     def pids(self) -> list[int]:
-        """The postmaster and its live children (each child leads its own process group)."""
-        if self._process is None or self._process.popen is None:
-            return []
-        postmaster = self._process.popen.pid
-        if not pid_alive(postmaster):
-            return []
-        return [postmaster, *_children(postmaster)]
+        """Every live process of this cluster: the postmaster first, then its children.
+
+        Found by working directory (postgres and all its children run in the data directory),
+        not by parent pid: children orphaned by a killed postmaster are re-parented to init,
+        and each child leads its own process group, so neither ppid nor pgid would find them.
+        """
+        found = _processes_in(self.data_dir.resolve())
+        postmaster = self._process.popen.pid if self._process and self._process.popen else None
+        if postmaster in found:
+            found.remove(postmaster)
+            found.insert(0, postmaster)
+        return found
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Fast shutdown (SIGINT: abort open transactions, disconnect clients), then make sure the
-        postmaster and every child of it are gone.
+        """Fast shutdown (SIGINT: abort open transactions, disconnect clients), then make sure
+        the postmaster and every child of it are gone.
 
         SIGTERM would be a *smart* shutdown, which waits for every client (an idle pool, say) to
         disconnect and so would end in SIGKILL and a crash recovery on the next start.
@@ -212,17 +217,18 @@ class PostgresServer:
         if process is None or process.popen is None:
             return
         popen = process.popen
-        children = self.pids()[1:]
+        cluster = self.pids()
         if popen.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(popen.pid, signal.SIGINT)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 popen.wait(timeout=timeout)
         # After a clean fast shutdown the children are already gone (the postmaster waits for
-        # them). If it hung, ManagedProcess.stop() SIGKILLs it, and the children, orphaned in
-        # their own groups, are killed one by one.
+        # them). If it hung, ManagedProcess.stop() SIGKILLs it; orphaned children notice the
+        # postmaster's death and exit by themselves, and whatever has not after ``timeout`` is
+        # killed one by one.
         process.stop(timeout=timeout)
-        _kill_all(children, timeout)
+        _end_all(self.data_dir.resolve(), cluster, timeout)
         if self._socket_dir is not None and not self._socket_dir.is_relative_to(self.state_dir):
             shutil.rmtree(self._socket_dir, ignore_errors=True)
 
@@ -388,32 +394,41 @@ class PostgresServer:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
 
 
-def _children(ppid: int) -> list[int]:
+def _processes_in(cwd: Path) -> list[int]:
+    """Live processes whose working directory is ``cwd`` (Linux /proc), in pid order."""
     found: list[int] = []
+    target = str(cwd)
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) == ppid:
+        with contextlib.suppress(OSError):
+            if os.readlink(entry / "cwd") == target and pid_alive(int(entry.name)):
                 found.append(int(entry.name))
-    return found
+    return sorted(found)
 
 
-def _kill_all(pids: list[int], timeout: float) -> None:
+def _end_all(cwd: Path, known: list[int], timeout: float) -> None:
+    def survivors() -> list[int]:
+        return sorted(
+            {pid for pid in known if pid_alive(pid) and _runs_in(pid, cwd)}
+            | set(_processes_in(cwd))
+        )
+
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(pid_alive(pid) for pid in pids):
+    while time.monotonic() < deadline and survivors():
         time.sleep(0.05)
-    for pid in pids:
-        if pid_alive(pid) and _is_postgres(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+    for pid in survivors():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline and survivors():
+        time.sleep(0.05)
 
 
-def _is_postgres(pid: int) -> bool:
-    # Guards against a recycled pid: only ever SIGKILL something that still is a postgres.
+def _runs_in(pid: int, cwd: Path) -> bool:
+    # Also guards against a recycled pid: only processes still in our data dir are signalled.
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"postgres")
+        return os.readlink(f"/proc/{pid}/cwd") == str(cwd)
     except OSError:
         return False
 
