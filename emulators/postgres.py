@@ -394,6 +394,26 @@ class PostgresServer:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
 
 
+def stop_cluster(data_dir: Path, timeout: float = 10.0) -> bool:
+    """Stop the PostgreSQL cluster running on ``data_dir`` from any process (``stack down`` in a
+    later shell holds no PostgresServer object). Returns whether a cluster was running.
+
+    Fast shutdown of the postmaster named in ``postmaster.pid``, then every process still
+    working in the data directory is waited for and, after ``timeout``, killed.
+    """
+    data_dir = Path(data_dir).resolve()
+    cluster = _processes_in(data_dir)
+    try:
+        postmaster = int((data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        postmaster = None
+    if postmaster is not None and postmaster in cluster:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(postmaster, signal.SIGINT)
+    _end_all(data_dir, cluster, timeout)
+    return bool(cluster)
+
+
 def _processes_in(cwd: Path) -> list[int]:
     """Live processes whose working directory is ``cwd`` (Linux /proc), in pid order."""
     found: list[int] = []

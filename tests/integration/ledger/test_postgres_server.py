@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from emulators.postgres import PostgresServer
+from emulators.postgres import PostgresServer, stop_cluster
 from emulators.process import StackError
 from tests.support.polling import wait_for
 
@@ -82,6 +82,21 @@ def test_stop_reaps_children_after_the_postmaster_was_killed(tmp_path: Path) -> 
     # The stale postmaster.pid and the crashed cluster do not prevent the next start.
     with PostgresServer(tmp_path / "pg") as again, psycopg.connect(again.database_url) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_stop_cluster_works_without_the_server_object(tmp_path: Path) -> None:
+    # What `stack down` in another shell does: only the data directory is known.
+    server = PostgresServer(tmp_path / "pg")
+    server.start()
+    held = psycopg.connect(server.database_url)
+    pids = server.pids()
+    try:
+        assert stop_cluster(server.data_dir)
+        assert [pid for pid in pids if _running(pid)] == []
+        assert not stop_cluster(server.data_dir)
+    finally:
+        server.stop()
+        held.close()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root hands the server to the postgres user")
