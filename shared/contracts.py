@@ -143,6 +143,10 @@ class Contract:
     def issues(self, payload: Any) -> list[ValidationIssue]:
         """Every violation, most relevant first (empty when the payload is valid)."""
         errors = list(self._validator.iter_errors(payload))
+        # A property that failed its own rule is also "unevaluated" (failed subschemas evaluate
+        # nothing); report the cause, not that echo.
+        causes = [e for e in errors if e.validator != "unevaluatedProperties"]
+        errors = causes or errors
         found: list[ValidationIssue] = []
         if errors:
             best = best_match(errors)

@@ -28,7 +28,7 @@ import binascii
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -91,7 +91,6 @@ class PushMessage:
     trace_header: str | None = None
     #: Which encoding it arrived in: ``push`` or ``cloudevent``.
     encoding: str = "push"
-    extras: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def subscription_short(self) -> str | None:
@@ -246,7 +245,9 @@ def _from_push_mapping(
         )
     data = decode_base64(raw_data) if raw_data else b""
 
-    attributes = message.get("attributes") or {}
+    attributes = message.get("attributes")
+    if attributes is None:
+        attributes = {}
     if not isinstance(attributes, Mapping) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in attributes.items()
     ):

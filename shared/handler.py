@@ -60,14 +60,13 @@ from shared.envelope import PushMessage, decode_json, from_cloud_event, parse_ht
 from shared.errors import (
     DeadLetterPublishError,
     DispatcherError,
-    EnvelopeError,
     PayloadTooLargeError,
     PermanentError,
     RetryableError,
     SchemaValidationError,
     preview,
 )
-from shared.logs import bind_log_context, log_context, setup_logging
+from shared.logs import bind_log_context, current_log_context, log_context, setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +182,7 @@ def run_pubsub_entrypoint(
     raw_body, headers, raw_bytes = _current_request()
     try:
         message = from_cloud_event(event, raw_body=raw_body, headers=headers)
-    except EnvelopeError as exc:
+    except PermanentError as exc:  # EnvelopeError or Base64DecodeError: no message to keep
         fallback = raw_bytes if raw_bytes is not None else _event_bytes(event)
         return _reject_envelope(exc, fallback, _event_id(event, raw_body), route, publisher)
     return process_message(message, route=route, use_case=use_case, dead_letters=publisher)
@@ -212,7 +211,7 @@ def handle_push_request(
     try:
         try:
             message = parse_http_request(headers, body)
-        except EnvelopeError as exc:
+        except PermanentError as exc:  # EnvelopeError or Base64DecodeError
             _reject_envelope(exc, body, _body_message_id(body), route, publisher)
             return "dead-lettered", 200
         outcome = process_message(message, route=route, use_case=use_case, dead_letters=publisher)
@@ -310,7 +309,7 @@ def _dead_letter(
 
 
 def _reject_envelope(
-    error: EnvelopeError,
+    error: PermanentError,
     raw: bytes,
     message_id: str,
     route: Route,
@@ -369,7 +368,10 @@ def _publish_dead_letter(
 def _decision(
     outcome: str, error: DispatcherError | None, started: float, **fields: Any
 ) -> dict[str, Any]:
+    # The context rides on the record itself so that any handler (not only ours, which reads
+    # the context at format time) sees the event id, subscription id and trace.
     extra: dict[str, Any] = {
+        **current_log_context(),
         "outcome": outcome,
         "duration_ms": round((time.monotonic() - started) * 1000, 2),
         **fields,

@@ -78,6 +78,11 @@ def log_context(**fields: Any) -> Iterator[None]:
         _context.reset(token)
 
 
+def current_log_context() -> dict[str, Any]:
+    """The fields :func:`log_context` currently adds (a copy)."""
+    return dict(_context.get())
+
+
 def bind_log_context(**fields: Any) -> None:
     """Add fields to the current :func:`log_context` block (e.g. once the payload is decoded)."""
     _context.set({**_context.get(), **{k: v for k, v in fields.items() if v is not None}})
@@ -135,15 +140,18 @@ def setup_logging(
 ) -> logging.Handler:
     """Install the Cloud Logging formatter on the root logger; calling it again changes nothing.
 
-    Returns the installed handler. Other root handlers (functions-framework adds plain-text
-    stdout/stderr handlers) are removed so each record is written once, as JSON.
+    Returns the installed handler. functions-framework's plain-text stdout/stderr handlers are
+    removed so each record is written once, as JSON.
     """
     root = logging.getLogger()
     for handler in root.handlers:
         if getattr(handler, _HANDLER_MARK, False):
             return handler
     for handler in list(root.handlers):
-        root.removeHandler(handler)
+        # Exactly StreamHandler: functions-framework's plain-text ones. Subclasses (pytest's
+        # capture handler, a file handler someone added on purpose) stay.
+        if type(handler) is logging.StreamHandler:
+            root.removeHandler(handler)
     # sys.__stdout__: functions-framework replaces sys.stdout with a wrapper that re-encodes
     # every write as its own JSON object, which would nest our JSON inside a string.
     target = stream or sys.__stdout__ or sys.stdout

@@ -123,7 +123,7 @@ def parse_instant(value: object, path: str = "") -> datetime:
     if isinstance(value, str):
         # RFC 3339 allows lower-case 't'/'z' and a space separator; fromisoformat wants 'T'/'Z'.
         text = value.strip()
-        if len(text) < 20 or text[10] not in "Tt ":
+        if len(text) < 19 or text[10] not in "Tt ":
             raise InvalidSubscription(path, "expected an RFC 3339 date-time string", value)
         text = text[:10] + "T" + text[11:]
         if text[-1] in "zZ":
