@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from emulators.postgres import PostgresServer, stop_cluster
 from emulators.process import (
     ManagedProcess,
     StackError,
@@ -99,6 +100,7 @@ class LocalStack:
         self._record: dict[str, Any] = {}
         self._lock = threading.Lock()
         self.timings: dict[str, float] = {}
+        self._postgres: PostgresServer | None = None
 
     # -- paths -----------------------------------------------------------------------------
     @property
@@ -265,8 +267,6 @@ class LocalStack:
         self._start_postgres()
 
     def _start_postgres(self) -> None:
-        from emulators.postgres import PostgresServer
-
         server = PostgresServer(
             self._postgres_dir(),
             port=self.ports["postgres"],
@@ -274,6 +274,7 @@ class LocalStack:
             startup_timeout=self.options.startup_timeout,
         )
         server.start()
+        self._postgres = server
         self.timings["postgres"] = server.timings.get("total", 0.0)
         process = server.process
         with self._lock:
@@ -284,6 +285,7 @@ class LocalStack:
                 "log": str(process.log_path),
                 "url": server.database_url,
                 "stop_signal": int(signal.SIGINT),
+                "data_dir": str(server.data_dir),
             }
             self._write_record()
 
@@ -396,11 +398,11 @@ class LocalStack:
 
     def stop_component(self, name: str) -> None:
         """Stop one component (fault tests: a dependency goes away mid-run)."""
-        process = self.processes[name]
-        process.stop()
-        if name == "postgres":
-            # Its children setsid() away from the group; make sure none survive.
-            stop_tree(process.pid, sig=signal.SIGINT)
+        if name == "postgres" and self._postgres is not None:
+            # PostgresServer.stop also ends the children that setsid() away from the group.
+            self._postgres.stop()
+            return
+        self.processes[name].stop()
 
     def restart_component(self, name: str) -> None:
         """Start a stopped component again on the same port with the same arguments."""
@@ -480,6 +482,10 @@ def stop_recorded(state_dir: Path, timeout: float = 15.0) -> list[str]:
         if pid_alive(pid):
             stopped.append(name)
         stop_tree(pid, timeout, int(info.get("stop_signal", signal.SIGTERM)))
+        if "data_dir" in info:
+            # PostgreSQL's children leave the process group and outlive a killed postmaster;
+            # they are found by their working directory, the data dir.
+            stop_cluster(Path(info["data_dir"]), timeout)
     (state_dir / "stack.env").unlink(missing_ok=True)
     record["stopped_at"] = _now()
     _write_record_file(state_dir, record)
