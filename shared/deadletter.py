@@ -27,8 +27,7 @@ PREFIX = "dlq_"
 DATA_MESSAGE = "message-data"
 DATA_PUSH_BODY = "push-body"
 
-# Always present (schemas/dead-letter.v1.json requires them); the rest only while the 100-attribute
-# limit allows, so an original message with many attributes can still be dead-lettered.
+# Required by schemas/dead-letter.v1.json, most important first.
 _REQUIRED = (
     "dlq_reason_class",
     "dlq_reason",
@@ -98,10 +97,13 @@ def build_dead_letter(
         "dlq_data": data_kind,
     }
     out = {k: v for k, v in attributes.items() if not k.startswith(PREFIX)}
-    for key in _REQUIRED:
-        out[key] = shorten(str(reason[key]), MAX_ATTRIBUTE_VALUE_BYTES)
-    for key, value in reason.items():
-        if key in out or value is None or not value:
+    # Required reasons first, in priority order, then the optional ones, while Pub/Sub's
+    # 100-attribute limit allows; original attributes are never dropped. Only a message that
+    # already carries 99+ attributes loses reasons (the class and message come first).
+    ordered = [*_REQUIRED, *(k for k in reason if k not in _REQUIRED)]
+    for key in ordered:
+        value = reason[key]
+        if not value:
             continue
         if len(out) >= MAX_ATTRIBUTES:
             break

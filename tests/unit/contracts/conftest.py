@@ -5,12 +5,13 @@ from __future__ import annotations
 import base64
 import functools
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import functions_framework
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 
 from shared import handler
@@ -66,7 +67,8 @@ def _fakes() -> Iterator[None]:
 @functools.cache
 def client(target: str) -> FlaskClient:
     """A functions-framework test client for one target of the test-only function file."""
-    return functions_framework.create_app(target, str(FUNCTIONS_FILE)).test_client()
+    create_app: Callable[[str, str], Flask] = functions_framework.create_app
+    return create_app(target, str(FUNCTIONS_FILE)).test_client()
 
 
 def push_body(

@@ -19,7 +19,9 @@ from tests.unit.contracts.recorder import USE_CASES
 @functions_framework.cloud_event
 def ce_select(event: Any) -> None:
     run_pubsub_entrypoint(
-        event, topic="dispatcher-ticks", function="select",
+        event,
+        topic="dispatcher-ticks",
+        function="select",
         use_case=USE_CASES.for_topic("dispatcher-ticks"),
     )
 
@@ -27,7 +29,9 @@ def ce_select(event: Any) -> None:
 @functions_framework.cloud_event
 def ce_fanout(event: Any) -> None:
     run_pubsub_entrypoint(
-        event, topic="dispatcher-due", function="fanout",
+        event,
+        topic="dispatcher-due",
+        function="fanout",
         use_case=USE_CASES.for_topic("dispatcher-due"),
     )
 
@@ -35,7 +39,9 @@ def ce_fanout(event: Any) -> None:
 @functions_framework.cloud_event
 def ce_maintenance(event: Any) -> None:
     run_pubsub_entrypoint(
-        event, topic="dispatcher-maintenance", function="maintenance",
+        event,
+        topic="dispatcher-maintenance",
+        function="maintenance",
         use_case=USE_CASES.for_topic("dispatcher-maintenance"),
     )
 
@@ -43,7 +49,9 @@ def ce_maintenance(event: Any) -> None:
 @functions_framework.cloud_event
 def ce_sync(event: Any) -> None:
     run_pubsub_entrypoint(
-        event, topic="dispatcher-sync", function="sync",
+        event,
+        topic="dispatcher-sync",
+        function="sync",
         use_case=USE_CASES.for_topic("dispatcher-sync"),
     )
 
@@ -51,7 +59,9 @@ def ce_sync(event: Any) -> None:
 @functions_framework.http
 def http_fanout(request: flask.Request) -> tuple[str, int]:
     return handle_push_request(
-        request, topic="dispatcher-due", function="fanout",
+        request,
+        topic="dispatcher-due",
+        function="fanout",
         use_case=USE_CASES.for_topic("dispatcher-due"),
     )
 
@@ -59,6 +69,8 @@ def http_fanout(request: flask.Request) -> tuple[str, int]:
 @functions_framework.http
 def http_select(request: flask.Request) -> tuple[str, int]:
     return handle_push_request(
-        request, topic="dispatcher-ticks", function="select",
+        request,
+        topic="dispatcher-ticks",
+        function="select",
         use_case=USE_CASES.for_topic("dispatcher-ticks"),
     )

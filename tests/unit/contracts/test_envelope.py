@@ -74,12 +74,27 @@ def test_attributes_only_message_has_empty_data() -> None:
         ({"message": {"data": "e30="}}, "$.message.messageId"),
         ({"message": {"data": "e30=", "messageId": 7}}, "$.message.messageId"),
         ({"message": {"data": 5, "messageId": "1"}}, "$.message.data"),
-        ({"message": {"data": "e30=", "messageId": "1", "attributes": {"a": 1}}}, "$.message.attributes"),
+        (
+            {"message": {"data": "e30=", "messageId": "1", "attributes": {"a": 1}}},
+            "$.message.attributes",
+        ),
         ({"message": {"data": "e30=", "messageId": "1", "attributes": []}}, "$.message.attributes"),
-        ({"message": {"data": "e30=", "messageId": "1", "publishTime": "noon"}}, "$.message.publishTime"),
-        ({"message": {"data": "e30=", "messageId": "1"}, "deliveryAttempt": "3"}, "$.deliveryAttempt"),
-        ({"message": {"data": "e30=", "messageId": "1"}, "deliveryAttempt": True}, "$.deliveryAttempt"),
-        ({"message": {"data": "e30=", "messageId": "1"}, "deliveryAttempt": -1}, "$.deliveryAttempt"),
+        (
+            {"message": {"data": "e30=", "messageId": "1", "publishTime": "noon"}},
+            "$.message.publishTime",
+        ),
+        (
+            {"message": {"data": "e30=", "messageId": "1"}, "deliveryAttempt": "3"},
+            "$.deliveryAttempt",
+        ),
+        (
+            {"message": {"data": "e30=", "messageId": "1"}, "deliveryAttempt": True},
+            "$.deliveryAttempt",
+        ),
+        (
+            {"message": {"data": "e30=", "messageId": "1"}, "deliveryAttempt": -1},
+            "$.deliveryAttempt",
+        ),
         ({"message": {"data": "e30=", "messageId": "1"}, "subscription": 3}, "$.subscription"),
     ],
 )

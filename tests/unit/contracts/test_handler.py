@@ -99,7 +99,9 @@ def test_golden_contract_events_through_a_function(
     )
 
 
-@pytest.mark.parametrize("name", sorted(k for k in load_event("push", "expected.json") if k[0] != "$"))
+@pytest.mark.parametrize(
+    "name", sorted(k for k in load_event("push", "expected.json") if k[0] != "$")
+)
 @pytest.mark.parametrize("signature", ["ce", "http"])
 def test_golden_push_requests(name: str, signature: str) -> None:
     expected = load_event("push", "expected.json")[name]

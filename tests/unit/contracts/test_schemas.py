@@ -134,7 +134,7 @@ def test_date_time_format_accepts_rfc3339(value: str) -> None:
         "2026-02-30T09:00:00Z",
         "2026-01-05T25:00:00Z",
         "2026-01-05T09:00:00+24:00",
-        "２０２６-01-05T09:00:00Z",
+        "\uff12\uff10\uff12\uff16-01-05T09:00:00Z"  # full-width digits,
         "2026-01-05T09:00:00Z\n",
     ],
 )
