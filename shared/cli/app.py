@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from shared.cli import stack_cmd, topics_cmd
+from shared.cli import schemas_cmd, stack_cmd, topics_cmd
 from shared.cli.common import CliError, fail
 
 app = typer.Typer(
@@ -22,18 +22,7 @@ app = typer.Typer(
 )
 app.add_typer(stack_cmd.app, name="stack")
 app.add_typer(topics_cmd.app, name="topics")
-
-
-def _mount_optional() -> None:
-    # Sub-apps written by other parts of the project; mounted when present.
-    try:
-        from shared.cli import schemas_cmd
-    except ImportError:
-        return
-    app.add_typer(schemas_cmd.app, name="schemas")
-
-
-_mount_optional()
+app.add_typer(schemas_cmd.app, name="schemas")
 
 
 def main() -> None:
