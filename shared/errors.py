@@ -30,9 +30,10 @@ def shorten(text: str, limit_bytes: int) -> str:
     """
     if limit_bytes <= 0:
         return ""
+    # "replace": a lone surrogate (possible in JSON text) cannot be sent to Pub/Sub.
     encoded = text.encode("utf-8", errors="replace")
     if len(encoded) <= limit_bytes:
-        return text.encode("utf-8", errors="replace").decode("utf-8")
+        return encoded.decode("utf-8")
     marker = "…"
     budget = max(limit_bytes - len(marker.encode("utf-8")), 0)
     cut = encoded[:budget].decode("utf-8", errors="ignore")

@@ -14,6 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shared import contracts
+from shared.envelope import parse_push_body
+from shared.errors import PermanentError, SchemaValidationError, shorten
 from tests.unit.contracts.conftest import (
     CE_TARGETS,
     TEST_MAX_PAYLOAD_BYTES,
@@ -254,3 +256,35 @@ def test_fuzz_strategies_reach_both_outcomes() -> None:
     _check("ce_fanout", push_body(base64.b64decode("/w==")), raw=b"\xff")
     assert DEAD_LETTERS.published
     assert TEST_MAX_PAYLOAD_BYTES < 6000
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=st.sampled_from(contracts.CONTRACTS), payload=json_values | contract_shaped | plausible)
+def test_contract_validation_never_crashes(name: str, payload: Any) -> None:
+    contract = contracts.get_contract(name)
+    issues = contract.issues(payload)
+    for issue in issues:
+        assert issue.path.startswith("$") and issue.rule and len(issue.value) <= 200
+    try:
+        contract.validate(payload)
+    except SchemaValidationError as exc:
+        assert issues and (exc.path, exc.rule) == (issues[0].path, issues[0].rule)
+    else:
+        assert not issues
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=json_values | st.binary(max_size=100) | st.text(max_size=100))
+def test_envelope_parsing_raises_only_permanent_errors(body: Any) -> None:
+    try:
+        message = parse_push_body(body)
+    except PermanentError:
+        return
+    assert isinstance(message.data, bytes) and message.message_id
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(max_size=3000), limit=st.integers(min_value=0, max_value=1100))
+def test_shorten_respects_the_byte_limit(text: str, limit: int) -> None:
+    out = shorten(text, limit)
+    assert len(out.encode("utf-8")) <= limit
