@@ -41,7 +41,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=64,
         help="HTTP dispatch threads, also the global in-flight cap",
     )
-    parser.add_argument("--grpc-workers", type=int, default=DEFAULT_GRPC_WORKERS)
+    parser.add_argument(
+        "--grpc-workers",
+        type=int,
+        default=DEFAULT_GRPC_WORKERS,
+        help="threads of the thread-pool gRPC server (with --grpc-threads)",
+    )
+    parser.add_argument(
+        "--grpc-threads",
+        action="store_true",
+        help="serve gRPC from a thread pool instead of a grpc.aio event loop",
+    )
     parser.add_argument("--quiet", action="store_true", help="no JSON log lines")
     return parser.parse_args(argv)
 
@@ -58,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         min_dispatch_deadline=args.min_dispatch_deadline,
         dispatch_workers=args.dispatch_workers,
         grpc_workers=args.grpc_workers,
+        grpc_asyncio=not args.grpc_threads,
         log_stream=None if args.quiet else sys.stdout,
     )
     stop = threading.Event()

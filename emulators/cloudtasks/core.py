@@ -587,7 +587,9 @@ class Emulator:
             schedule = _ts_seconds(task.schedule_time)
             heapq.heappush(queue.heap, (schedule, next(self._seq), 0, state))
             out = self._task_view(task, view)
-        if schedule < self._next_wake:
+            running = queue.pb.state == STATE_RUNNING
+        # Waking the dispatcher thread costs a GIL hand-off; a paused queue cannot dispatch.
+        if running and schedule < self._next_wake:
             self._wake.set()
         if self.log.enabled:
             self.log.emit(
