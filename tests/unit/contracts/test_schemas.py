@@ -162,3 +162,23 @@ def test_topics_yaml_names_the_schemas_the_functions_expect() -> None:
 
 def test_schemas_dir_is_the_repository_folder() -> None:
     assert contracts.schemas_dir() == Path(__file__).resolve().parents[3] / "schemas"
+
+
+def test_subscription_model_and_schema_agree_on_the_goldens() -> None:
+    # Two implementations of one contract (shared/subscription.py parses documents in code);
+    # the goldens keep them from drifting apart.
+    model = pytest.importorskip("shared.subscription")
+    contract = contracts.get_contract("subscription")
+    directory = EVENTS / "subscription"
+    for path in sorted(directory.glob("valid-*.json")):
+        parsed = model.Subscription.from_document("acme-news", json.loads(path.read_text()))
+        assert contract.issues(parsed.to_document(json_compatible=True)) == [], path.name
+    expected = json.loads((directory / "expected.json").read_text())
+    for name, where in expected.items():
+        if name == "invalid-missing-system-fields.json":
+            continue  # the model also parses user input, where the system fields are not set yet
+        with pytest.raises(model.InvalidSubscription) as caught:
+            model.Subscription.from_document(
+                "acme-news", json.loads((directory / name).read_text())
+            )
+        assert caught.value.path == where["path"].removeprefix("$").removeprefix("."), name
