@@ -65,10 +65,11 @@ def _fakes() -> Iterator[None]:
 
 
 @functools.cache
-def client(target: str) -> FlaskClient:
-    """A functions-framework test client for one target of the test-only function file."""
+def client(target: str, source: Path = FUNCTIONS_FILE) -> FlaskClient:
+    """A functions-framework test client for ``target`` in ``source`` (default: the test-only
+    function file; pass ``functions/<name>/main.py`` to drive a real function)."""
     create_app: Callable[[str, str], Flask] = functions_framework.create_app
-    return create_app(target, str(FUNCTIONS_FILE)).test_client()
+    return create_app(target, str(source)).test_client()
 
 
 def push_body(
