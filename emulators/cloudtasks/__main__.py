@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -80,7 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     stop.wait()
     handle.stop()
-    return 0
+    sys.stdout.flush()
+    # Dispatch workers may still be blocked on a slow target for up to its dispatch deadline;
+    # interpreter shutdown would join them, so leave without waiting (state is in memory only).
+    os._exit(0)
 
 
 if __name__ == "__main__":

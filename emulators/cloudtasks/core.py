@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 import grpc
@@ -213,7 +213,6 @@ class _Dispatch:
     deadline: float
     oidc: tuple[str, str] | None = None
     oauth: str | None = None
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 def _ts(message: Any, seconds: float) -> None:

@@ -35,7 +35,13 @@ def build_http_server(
             # Access logs would drown the structured JSON log on stdout.
             return
 
-        def _send(self, status: int, payload: Any, content_type: str = "application/json") -> None:
+        def _send(
+            self,
+            status: int,
+            payload: Any,
+            content_type: str = "application/json",
+            cacheable: bool = False,
+        ) -> None:
             if content_type == "application/json":
                 body = json.dumps(payload, indent=None, separators=(",", ":")).encode("utf-8")
             else:
@@ -43,7 +49,8 @@ def build_http_server(
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "public, max-age=3600")
+            # Like Google's certificate endpoints; everything else is live state.
+            self.send_header("Cache-Control", "public, max-age=3600" if cacheable else "no-store")
             self.end_headers()
             self.wfile.write(body)
 
@@ -56,9 +63,9 @@ def build_http_server(
                 else:
                     self._send(503, "starting", "text/plain")
             elif parts.path == "/certs":
-                self._send(200, emulator.signer.pem_certs())
+                self._send(200, emulator.signer.pem_certs(), cacheable=True)
             elif parts.path == "/jwks":
-                self._send(200, emulator.signer.jwks())
+                self._send(200, emulator.signer.jwks(), cacheable=True)
             elif parts.path == "/queues":
                 self._send(200, {"queues": emulator.queue_stats()})
             elif parts.path == "/history":
