@@ -31,6 +31,7 @@ class Env:
     COLLECTOR_URL = "COLLECTOR_URL"
     LOG_LEVEL = "DISPATCHER_LOG_LEVEL"
     PUSH_AUTH_VERIFY = "DISPATCHER_PUSH_AUTH_VERIFY"
+    PUSH_AUTH_AUDIENCE = "DISPATCHER_PUSH_AUTH_AUDIENCE"
     OIDC_CERTS_URL = "DISPATCHER_OIDC_CERTS_URL"
 
 
@@ -170,7 +171,8 @@ def _build(environment: str, raw: Mapping[str, Any], environ: Mapping[str, str])
             if verify_env
             else bool(push_auth.get("verify"))
         ),
-        push_auth_audience=str(push_auth.get("audience", "")),
+        push_auth_audience=environ.get(Env.PUSH_AUTH_AUDIENCE)
+        or str(push_auth.get("audience", "")),
         push_auth_service_account=str(push_auth.get("service_account", "")),
         queues=queues,
         pubsub_emulator_host=environ.get(Env.PUBSUB_EMULATOR_HOST) or None,

@@ -47,6 +47,7 @@ from typing import Any
 import flask
 
 from shared import config, topology
+from shared.auth import GOOGLE_CERTS_URL, OidcVerifier, TokenRejected
 from shared.contracts import get_contract
 from shared.deadletter import (
     DATA_MESSAGE,
@@ -205,6 +206,9 @@ def handle_push_request(
     """
     _ensure_logging()
     route = route or _route(topic, function)
+    refusal = authorize_push(request.headers.get("Authorization"), request.url, route)
+    if refusal is not None:
+        return refusal
     publisher = dead_letters or _dead_letters()
     body: bytes = request.get_data(cache=True)
     headers = dict(request.headers)
@@ -219,6 +223,38 @@ def handle_push_request(
         # Already logged by the decision that raised; the status alone asks for redelivery.
         return "retry", 500
     return outcome.value, 200
+
+
+def authorize_push(authorization: str | None, url: str, route: Route) -> tuple[str, int] | None:
+    """Check the push request's OIDC token when configured to; ``None`` means go ahead.
+
+    A refused request is answered 401 and neither processed nor dead-lettered: its content is
+    not trusted, and a forged request must not be able to write into a dead-letter topic.
+    A genuine push refused by misconfiguration is redelivered by Pub/Sub and, after max
+    delivery attempts, dead-lettered by Pub/Sub itself, so nothing is lost.
+    """
+    settings = config.get_settings()
+    if not settings.push_auth_verify:
+        return None
+    try:
+        _push_verifier(settings.oidc_certs_url or GOOGLE_CERTS_URL).verify(
+            authorization,
+            audience=settings.push_auth_audience or url,
+            email=settings.push_auth_service_account or None,
+        )
+    except TokenRejected as exc:
+        logger.warning(
+            "push request refused: %s",
+            exc.reason,
+            extra={"outcome": "unauthorized", "topic": route.topic, "function": route.function},
+        )
+        return "unauthorized", 401
+    return None
+
+
+@functools.cache
+def _push_verifier(certs_url: str) -> OidcVerifier:
+    return OidcVerifier(certs_url)
 
 
 def process_message(

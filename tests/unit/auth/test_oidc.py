@@ -1,0 +1,137 @@
+"""OIDC verification of push and task requests, with tokens signed as the emulator signs them."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from emulators.cloudtasks.oidc import TokenSigner
+from shared import config, handler
+from shared.auth import OidcVerifier, TokenRejected
+from tests.unit.contracts.conftest import client, push_body
+from tests.unit.contracts.recorder import DEAD_LETTERS, USE_CASES
+
+PUSH_SA = "pubsub-push@dispatcher-test.iam.gserviceaccount.com"
+AUDIENCE = "https://select.example.run.app/"
+
+
+class CertServer:
+    """Serves one signer's certificates, counting fetches (the cache must spare them)."""
+
+    def __init__(self, signer: TokenSigner) -> None:
+        self.fetches = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+            def do_GET(self) -> None:
+                outer.fetches += 1
+                body = json.dumps(signer.pem_certs()).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/certs"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture(scope="module")
+def signer() -> TokenSigner:
+    return TokenSigner()
+
+
+@pytest.fixture
+def certs(signer: TokenSigner) -> Iterator[CertServer]:
+    server = CertServer(signer)
+    yield server
+    server.server.shutdown()
+
+
+def test_a_token_for_the_expected_identity_and_audience_verifies(
+    signer: TokenSigner, certs: CertServer
+) -> None:
+    verifier = OidcVerifier(certs.url)
+    claims = verifier.verify(
+        f"Bearer {signer.token(PUSH_SA, AUDIENCE)}", audience=AUDIENCE, email=PUSH_SA
+    )
+    assert claims["email"] == PUSH_SA and claims["aud"] == AUDIENCE
+    verifier.verify(f"Bearer {signer.token(PUSH_SA, AUDIENCE)}", audience=AUDIENCE)
+    assert certs.fetches == 1, "certificates must be cached between verifications"
+
+
+@pytest.mark.parametrize(
+    ("header", "audience", "email", "reason"),
+    [
+        (None, AUDIENCE, PUSH_SA, "no Authorization header"),
+        ("Basic abc", AUDIENCE, PUSH_SA, "not a bearer token"),
+        ("Bearer not-a-jwt", AUDIENCE, PUSH_SA, "malformed token"),
+        ("TOKEN", "https://other.example/", PUSH_SA, "invalid token"),
+        ("TOKEN", AUDIENCE, "someone-else@example.iam.gserviceaccount.com", "token is for"),
+    ],
+)
+def test_unacceptable_tokens_are_refused_with_a_reason(
+    signer: TokenSigner,
+    certs: CertServer,
+    header: str | None,
+    audience: str,
+    email: str,
+    reason: str,
+) -> None:
+    if header == "TOKEN":
+        header = f"Bearer {signer.token(PUSH_SA, AUDIENCE)}"
+    with pytest.raises(TokenRejected, match=reason):
+        OidcVerifier(certs.url).verify(header, audience=audience, email=email)
+
+
+def test_a_token_signed_by_another_key_is_refused(certs: CertServer) -> None:
+    forged = TokenSigner().token(PUSH_SA, AUDIENCE)
+    with pytest.raises(TokenRejected, match="invalid token"):
+        OidcVerifier(certs.url).verify(f"Bearer {forged}", audience=AUDIENCE, email=PUSH_SA)
+
+
+@pytest.fixture
+def push_auth_on(certs: CertServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("DISPATCHER_PUSH_AUTH_VERIFY", "true")
+    monkeypatch.setenv("DISPATCHER_PUSH_AUTH_AUDIENCE", AUDIENCE)
+    monkeypatch.setenv("DISPATCHER_OIDC_CERTS_URL", certs.url)
+    settings = replace(config.load_settings(), push_auth_service_account=PUSH_SA)
+    monkeypatch.setattr(config, "get_settings", lambda: settings)
+    yield
+
+
+def _push(token: str | None) -> Any:
+    body = push_body(json.dumps({"subscription_id": "acme-news"}).encode())
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return client("http_fanout").post("/", json=body, headers=headers)
+
+
+@pytest.mark.usefixtures("push_auth_on")
+def test_push_without_a_valid_token_is_refused_and_neither_processed_nor_dead_lettered(
+    signer: TokenSigner,
+) -> None:
+    for token in (None, TokenSigner().token(PUSH_SA, AUDIENCE)):
+        response = _push(token)
+        assert response.status_code == 401
+    assert USE_CASES.calls == [] and DEAD_LETTERS.published == []
+
+
+@pytest.mark.usefixtures("push_auth_on")
+def test_push_with_a_valid_token_is_processed(signer: TokenSigner) -> None:
+    response = _push(signer.token(PUSH_SA, AUDIENCE))
+    assert response.status_code == 200
+    assert len(USE_CASES.calls) == 1
+
+
+def test_verification_is_off_unless_configured() -> None:
+    assert not config.load_settings(environ={}).push_auth_verify
+    assert handler.authorize_push(None, AUDIENCE, handler.Route("t", "f", "s", "t-dlq", 1)) is None
