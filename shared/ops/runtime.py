@@ -1,0 +1,96 @@
+"""Process-wide dependencies of the ops use cases, created on first use and replaceable in tests.
+
+Nothing is created at import time. The CLI passes explicit objects instead (``--project``).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from shared.errors import DependencyTimeoutError, DependencyUnavailableError
+
+if TYPE_CHECKING:
+    from shared.ledger.repository import Ledger
+    from shared.ops.store import SubscriptionStore
+
+
+class _Deps:
+    def __init__(self) -> None:
+        self.store: SubscriptionStore | None = None
+        self.ledger: Ledger | None = None
+        self.clock: Callable[[], datetime] | None = None
+
+
+_deps = _Deps()
+
+
+def set_store(store: SubscriptionStore | None) -> None:
+    """Use ``store`` in the use cases (tests); ``None`` restores the Firestore default."""
+    _deps.store = store
+
+
+def set_ledger(ledger: Ledger | None) -> None:
+    """Use ``ledger`` in the use cases (tests); ``None`` restores the default."""
+    _deps.ledger = ledger
+
+
+def set_clock(clock: Callable[[], datetime] | None) -> None:
+    """Use ``clock`` for "now" (tests); ``None`` restores the wall clock."""
+    _deps.clock = clock
+
+
+def store() -> SubscriptionStore:
+    """The subscription store (Firestore, project from the settings)."""
+    if _deps.store is None:
+        from shared.clients import firestore_client
+        from shared.ops.store import FirestoreSubscriptionStore
+
+        _deps.store = FirestoreSubscriptionStore(firestore_client())
+    return _deps.store
+
+
+def ledger() -> Ledger:
+    """The ledger on ``DATABASE_URL`` (one small pool per process)."""
+    if _deps.ledger is None:
+        _deps.ledger = _default_ledger()
+    return _deps.ledger
+
+
+@functools.cache
+def _default_ledger() -> Ledger:
+    from shared.config import ConfigError, get_settings
+    from shared.ledger.repository import Ledger, open_pool
+
+    url = get_settings().database_url
+    if not url:
+        raise ConfigError("DATABASE_URL is not set: the ledger database is unknown")
+    return Ledger(open_pool(url, min_size=1, max_size=2))
+
+
+def now() -> datetime:
+    """The current instant (UTC), or the test clock's."""
+    return (_deps.clock or _utcnow)()
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@contextmanager
+def dependency(name: str) -> Iterator[None]:
+    """Turn a dependency's transient failures into retryable errors (Pub/Sub redelivers)."""
+    import psycopg
+    from google.api_core import exceptions as gexc
+
+    try:
+        yield
+    except psycopg.OperationalError as exc:
+        raise DependencyUnavailableError(name, str(exc).strip()[:300]) from exc
+    except gexc.DeadlineExceeded as exc:
+        raise DependencyTimeoutError(name, str(exc)[:300]) from exc
+    except (gexc.ServiceUnavailable, gexc.InternalServerError, gexc.Aborted) as exc:
+        raise DependencyUnavailableError(name, str(exc)[:300]) from exc

@@ -1,0 +1,232 @@
+"""Maintenance jobs (topic ``dispatcher-maintenance``, ``{"job": ...}``).
+
+* ``expire``: subscriptions whose ``ends_at`` has passed get ``status: expired`` and no
+  ``next_run_at`` (no zombie jobs).
+* ``prune-ledger``: ledger runs (and their dispatches) older than ``older_than_days``, default the
+  configured ``ledger_retention_days``.
+* ``reconcile``: dispatches stuck in ``claimed`` or ``failed`` for ``older_than_minutes`` are
+  created again under their stored task name; ALREADY_EXISTS means the earlier attempt landed and
+  counts as done.
+* ``recompute-next-run``: ``next_run_at`` (and ``shard``) recomputed from the schedule, for one
+  subscription or all, after schedule edits or a change of ``shard_count``.
+
+Every job is idempotent (a second run finds nothing left to change), honours ``dry_run``, and
+ends with exactly one structured log line carrying its counts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from shared.envelope import PushMessage
+from shared.errors import InvalidRequestError
+from shared.ops import runtime
+from shared.ops.store import StoreConflict, StoredDocument, SubscriptionStore, iter_all
+from shared.ops.subscriptions import recomputed_next_run
+from shared.subscription import InvalidSubscription, Subscription, shard_for
+
+if TYPE_CHECKING:
+    from shared.config import Settings
+    from shared.ledger.repository import Ledger
+
+logger = logging.getLogger(__name__)
+
+JOBS = ("expire", "prune-ledger", "reconcile", "recompute-next-run")
+DEFAULT_EXPIRE_LIMIT = 10_000
+DEFAULT_RECONCILE_MINUTES = 60
+RECONCILE_BATCH = 500
+
+
+@dataclass
+class JobContext:
+    """What a job needs; the real ones come from :mod:`shared.ops.runtime`."""
+
+    settings: Settings
+    now: datetime
+    store_factory: Callable[[], SubscriptionStore]
+    ledger_factory: Callable[[], Ledger]
+    dry_run: bool = False
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def count(self, key: str, n: int = 1) -> None:
+        """Add ``n`` to counter ``key``."""
+        self.counts[key] = self.counts.get(key, 0) + n
+
+
+def run_maintenance(payload: dict[str, Any], message: PushMessage) -> None:
+    """Use case of the maintenance function: run ``payload["job"]`` and log its counts."""
+    from shared.config import get_settings
+
+    job = str(payload["job"])
+    ctx = JobContext(
+        settings=get_settings(),
+        now=runtime.now(),
+        store_factory=runtime.store,
+        ledger_factory=runtime.ledger,
+        dry_run=bool(payload.get("dry_run", False)),
+    )
+    run_job(job, payload, ctx)
+
+
+def run_job(job: str, arguments: Mapping[str, Any], ctx: JobContext) -> dict[str, int]:
+    """Run one job; returns its counts (also logged as one structured line)."""
+    handler = _HANDLERS.get(job)
+    if handler is None:
+        raise InvalidRequestError(f"unknown maintenance job {job!r} (known: {', '.join(JOBS)})")
+    started = time.monotonic()
+    handler(arguments, ctx)
+    logger.info(
+        "maintenance %s%s: %s",
+        job,
+        " (dry run)" if ctx.dry_run else "",
+        ", ".join(f"{k}={v}" for k, v in sorted(ctx.counts.items())) or "nothing to do",
+        extra={
+            "job": job,
+            "dry_run": ctx.dry_run,
+            "counts": dict(ctx.counts),
+            "duration_ms": round((time.monotonic() - started) * 1000, 1),
+        },
+    )
+    return dict(ctx.counts)
+
+
+# --- expire -----------------------------------------------------------------------------------
+
+
+def _expire(arguments: Mapping[str, Any], ctx: JobContext) -> None:
+    limit = int(arguments.get("limit", DEFAULT_EXPIRE_LIMIT))
+    page_size = min(ctx.settings.firestore_page_size, limit)
+    ctx.counts.update({"expired": 0, "conflicts": 0})
+    with runtime.dependency("firestore"):
+        store = ctx.store_factory()
+        seen: set[str] = set()
+        while len(seen) < limit:
+            page = store.active_ending_by(ctx.now, min(page_size, limit - len(seen)))
+            fresh = [doc for doc in page if doc.id not in seen]
+            if not fresh:
+                return
+            for doc in fresh:
+                seen.add(doc.id)
+                if ctx.dry_run:
+                    ctx.count("expired")
+                    continue
+                try:
+                    store.update(
+                        doc.id,
+                        {"status": "expired", "next_run_at": None, "updated_at": ctx.now},
+                        if_updated_at=doc.update_time,
+                    )
+                except StoreConflict:
+                    # Changed meanwhile (an edit, a tick): the next run looks at it again.
+                    ctx.count("conflicts")
+                    continue
+                ctx.count("expired")
+            if ctx.dry_run or len(page) < page_size:
+                return
+
+
+# --- prune-ledger -----------------------------------------------------------------------------
+
+
+def _prune(arguments: Mapping[str, Any], ctx: JobContext) -> None:
+    days = int(arguments.get("older_than_days") or ctx.settings.ledger_retention_days)
+    before = ctx.now - timedelta(days=days)
+    with runtime.dependency("postgresql"):
+        ledger = ctx.ledger_factory()
+        if ctx.dry_run:
+            if ledger.pool.closed:
+                ledger.pool.open()
+            with ledger.pool.connection() as conn:
+                row = conn.execute(
+                    "SELECT count(*), (SELECT count(*) FROM dispatches d "
+                    "  JOIN runs r ON r.id = d.run_id WHERE r.created_at < %s) "
+                    "FROM runs WHERE created_at < %s",
+                    (before, before),
+                ).fetchone()
+            runs, dispatches = (int(row[0]), int(row[1])) if row else (0, 0)
+        else:
+            pruned = ledger.prune(before)
+            runs, dispatches = pruned.runs, pruned.dispatches
+    ctx.counts.update({"runs": runs, "dispatches": dispatches, "older_than_days": days})
+
+
+# --- recompute-next-run -----------------------------------------------------------------------
+
+
+def _recompute(arguments: Mapping[str, Any], ctx: JobContext) -> None:
+    for key in ("updated", "unchanged", "skipped", "expired", "invalid", "conflicts"):
+        ctx.counts[key] = 0
+    with runtime.dependency("firestore"):
+        store = ctx.store_factory()
+        only = arguments.get("subscription_id")
+        if only is not None:
+            doc = store.get(str(only))
+            if doc is None:
+                ctx.count("missing")
+                return
+            _recompute_one(store, doc, ctx)
+            return
+        for page in iter_all(store, ctx.settings.firestore_page_size):
+            for doc in page:
+                _recompute_one(store, doc, ctx)
+
+
+def _recompute_one(store: SubscriptionStore, doc: StoredDocument, ctx: JobContext) -> None:
+    try:
+        subscription = Subscription.from_document(doc.id, doc.data)
+    except InvalidSubscription as exc:
+        logger.warning(
+            "subscription %s is malformed, not recomputed: %s",
+            doc.id,
+            exc,
+            extra={"subscription_id": doc.id, "problem": str(exc)},
+        )
+        ctx.count("invalid")
+        return
+    fields: dict[str, Any] = {}
+    shard = shard_for(doc.id, ctx.settings.shard_count)
+    if subscription.shard != shard:
+        fields["shard"] = shard
+    if subscription.status == "active" and not subscription.paused:
+        next_run = recomputed_next_run(subscription, subscription.next_run_at, ctx.now)
+        if next_run is None:
+            fields.update(status="expired", next_run_at=None)
+            ctx.count("expired")
+        elif next_run != subscription.next_run_at:
+            fields["next_run_at"] = next_run
+    elif not fields:
+        ctx.count("skipped")
+        return
+    if not fields:
+        ctx.count("unchanged")
+        return
+    if not ctx.dry_run:
+        try:
+            store.update(doc.id, {**fields, "updated_at": ctx.now}, if_updated_at=doc.update_time)
+        except StoreConflict:
+            ctx.count("conflicts")
+            return
+    ctx.count("updated")
+
+
+# --- reconcile --------------------------------------------------------------------------------
+
+
+def _reconcile(arguments: Mapping[str, Any], ctx: JobContext) -> None:
+    from shared.ops.reconcile import reconcile_stuck
+
+    minutes = int(arguments.get("older_than_minutes", DEFAULT_RECONCILE_MINUTES))
+    reconcile_stuck(ctx, timedelta(minutes=minutes))
+
+
+_HANDLERS: dict[str, Callable[[Mapping[str, Any], JobContext], None]] = {
+    "expire": _expire,
+    "prune-ledger": _prune,
+    "reconcile": _reconcile,
+    "recompute-next-run": _recompute,
+}
