@@ -4,6 +4,10 @@ Each request is appended as one JSON line (method, path, headers, body, received
 record file, flushed before the response, so the CLI and tests can read what arrived even
 after a crash. ``GET /requests`` returns the records; ``DELETE /requests`` clears them.
 
+With ``--certs-url`` the collector verifies each task's OIDC token as a production collector
+must (audience = the URL it was called on, issuer Google, and with ``--service-account`` the
+task's identity): a request without a valid token is answered 401 and recorded as refused.
+
 Tests can make the collector misbehave: ``POST /control`` with ``{"fail_status": 503,
 "fail_count": 3}`` answers the next three task requests with 503.
 
@@ -20,12 +24,21 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from shared.auth import OidcVerifier, TokenRejected
+
 
 class CollectorState:
     """Recorded requests and the failure plan, shared by the handler threads."""
 
-    def __init__(self, record_file: Path) -> None:
+    def __init__(
+        self,
+        record_file: Path,
+        verifier: OidcVerifier | None = None,
+        service_account: str | None = None,
+    ) -> None:
         self.record_file = record_file
+        self.verifier = verifier
+        self.service_account = service_account
         self.lock = threading.Lock()
         self.records: list[dict[str, Any]] = []
         self.fail_status = 0
@@ -37,7 +50,9 @@ class CollectorState:
         """Store a request and return the status the collector answers with."""
         with self.lock:
             status = 200
-            if self.fail_remaining > 0:
+            if entry.get("auth", {}).get("verified") is False:
+                status = 401
+            elif self.fail_remaining > 0:
                 self.fail_remaining -= 1
                 status = self.fail_status
             entry["status"] = status
@@ -71,6 +86,21 @@ def make_handler(state: CollectorState) -> type[BaseHTTPRequestHandler]:
         def _body(self) -> bytes:
             length = int(self.headers.get("Content-Length") or 0)
             return self.rfile.read(length) if length else b""
+
+        def _verify(self) -> dict[str, Any]:
+            assert state.verifier is not None
+            # The audience is the URL the task was sent to, without its query (Cloud Tasks'
+            # default, and what fanout asks for explicitly).
+            audience = f"http://{self.headers.get('Host')}{self.path.split('?', 1)[0]}"
+            try:
+                claims = state.verifier.verify(
+                    self.headers.get("Authorization"),
+                    audience=audience,
+                    email=state.service_account,
+                )
+            except TokenRejected as exc:
+                return {"verified": False, "reason": exc.reason}
+            return {"verified": True, "email": claims.get("email")}
 
         def do_GET(self) -> None:
             if self.path == "/healthz":
@@ -110,6 +140,8 @@ def make_handler(state: CollectorState) -> type[BaseHTTPRequestHandler]:
                 "body": body,
                 "received_at": datetime.now(UTC).isoformat(),
             }
+            if state.verifier is not None:
+                entry["auth"] = self._verify()
             status = state.record(entry)
             print(
                 json.dumps(
@@ -128,9 +160,17 @@ def make_handler(state: CollectorState) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def serve(host: str, port: int, record_file: Path) -> ThreadingHTTPServer:
+def serve(
+    host: str,
+    port: int,
+    record_file: Path,
+    certs_url: str | None = None,
+    service_account: str | None = None,
+) -> ThreadingHTTPServer:
     """Create (not start) the collector server; call ``serve_forever`` on it."""
-    server = ThreadingHTTPServer((host, port), make_handler(CollectorState(record_file)))
+    verifier = OidcVerifier(certs_url) if certs_url else None
+    state = CollectorState(record_file, verifier, service_account)
+    server = ThreadingHTTPServer((host, port), make_handler(state))
     server.daemon_threads = True
     return server
 
@@ -140,8 +180,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8090)
     parser.add_argument("--record-file", type=Path, default=Path(".dispatcher/collector.jsonl"))
+    parser.add_argument("--certs-url", help="verify task OIDC tokens against these certificates")
+    parser.add_argument("--service-account", help="the identity task tokens must carry")
     args = parser.parse_args(argv)
-    server = serve(args.host, args.port, args.record_file)
+    server = serve(args.host, args.port, args.record_file, args.certs_url, args.service_account)
     print(
         json.dumps(
             {

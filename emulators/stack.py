@@ -44,6 +44,7 @@ from emulators.process import (
     tail,
     tcp_ready,
 )
+from shared.config import load_settings
 from shared.paths import project_root
 from shared.topology import FUNCTION_NAMES, load_topology
 
@@ -260,6 +261,11 @@ class LocalStack:
                 str(p["collector"]),
                 "--record-file",
                 str(self.collector_records),
+                # Verification on, as in production, against the Cloud Tasks emulator's keys.
+                "--certs-url",
+                env["DISPATCHER_OIDC_CERTS_URL"],
+                "--service-account",
+                load_settings(environ=env).collector_service_account,
             ],
             env,
             ready=http_ready(f"http://{HOST}:{p['collector']}/healthz"),
@@ -374,7 +380,6 @@ class LocalStack:
         with _environ(env):
             import google.cloud.pubsub_v1 as pubsub_v1
 
-            from shared.config import load_settings
             from shared.pubsub_admin import apply_topology
             from shared.tasks_admin import apply_queues
 

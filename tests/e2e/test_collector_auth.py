@@ -1,0 +1,59 @@
+"""The collector stub verifies Cloud Tasks OIDC tokens, as a production collector must."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from shared.clients import build_tasks_client
+from shared.config import load_settings
+from tests.support.polling import wait_for
+from tests.support.stack import StackHandle
+
+pytestmark = pytest.mark.e2e
+
+
+def _send_task(stack: StackHandle, service_account: str) -> str:
+    settings = load_settings(environ=stack.env)
+    client = build_tasks_client(stack.env["CLOUD_TASKS_EMULATOR_HOST"])
+    task_id = f"auth-{uuid.uuid4().hex}"
+    client.create_task(
+        request={
+            "parent": settings.queue_path("rss"),
+            "task": {
+                "name": f"{settings.queue_path('rss')}/tasks/{task_id}",
+                "http_request": {
+                    "url": stack.env["COLLECTOR_URL"],
+                    "http_method": "POST",
+                    "body": b"{}",
+                    "oidc_token": {"service_account_email": service_account},
+                },
+            },
+        }
+    )
+    return task_id
+
+
+def _record_for(stack: StackHandle, task_id: str) -> dict[str, Any] | None:
+    for record in stack.collector_requests():
+        if record["headers"].get("x-cloudtasks-taskname") == task_id:
+            return record
+    return None
+
+
+def test_a_task_token_for_the_collector_identity_is_accepted(stack: StackHandle) -> None:
+    expected = load_settings(environ=stack.env).collector_service_account
+    task_id = _send_task(stack, expected)
+    record = wait_for(lambda: _record_for(stack, task_id), timeout=30, message="the task")
+    assert record["auth"] == {"verified": True, "email": expected}
+    assert record["status"] == 200
+
+
+def test_a_task_token_for_another_identity_is_refused(stack: StackHandle) -> None:
+    task_id = _send_task(stack, "intruder@dispatcher-local.iam.gserviceaccount.com")
+    record = wait_for(lambda: _record_for(stack, task_id), timeout=30, message="the task")
+    assert record["auth"]["verified"] is False
+    assert "intruder@" in record["auth"]["reason"]
+    assert record["status"] == 401
