@@ -1,0 +1,61 @@
+"""The ledger as fanout uses it: the repository's calls with database failures made retryable."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import TypeVar
+
+import psycopg
+from psycopg_pool import PoolTimeout
+
+from shared.errors import DependencyTimeoutError, DependencyUnavailableError
+from shared.ledger.repository import Claim, Ledger, RunRef, SourceSpec
+
+__all__ = ["LedgerGateway"]
+
+_T = TypeVar("_T")
+
+
+def _guard(action: str, call: Callable[[], _T]) -> _T:
+    try:
+        return call()
+    except PoolTimeout as exc:
+        raise DependencyTimeoutError("postgresql", f"{action}: {exc}") from exc
+    except psycopg.OperationalError as exc:
+        raise DependencyUnavailableError("postgresql", f"{action}: {exc}") from exc
+    except psycopg.errors.SerializationFailure as exc:
+        raise DependencyUnavailableError("postgresql", f"{action}: {exc}") from exc
+
+
+class LedgerGateway:
+    """Delegates to :class:`~shared.ledger.repository.Ledger`; a down database is retryable.
+
+    Other database errors (a constraint the code violates, a bad query) stay as they are: the
+    entry-point wrapper logs them with a traceback and treats them as retryable too, but they
+    point at a bug, not at an outage.
+    """
+
+    def __init__(self, ledger_factory: Callable[[], Ledger]) -> None:
+        self._factory = ledger_factory
+
+    def record_run(
+        self, subscription_id: str, slot: datetime, reason: str, message_id: str | None = None
+    ) -> RunRef:
+        """See :meth:`Ledger.record_run`."""
+        return _guard(
+            "record_run",
+            lambda: self._factory().record_run(subscription_id, slot, reason, message_id),
+        )
+
+    def claim_dispatches(self, run: RunRef, sources: Sequence[SourceSpec]) -> list[Claim]:
+        """See :meth:`Ledger.claim_dispatches`."""
+        return _guard("claim_dispatches", lambda: self._factory().claim_dispatches(run, sources))
+
+    def mark_created_many(self, dispatch_ids: Sequence[int]) -> int:
+        """See :meth:`Ledger.mark_created_many`."""
+        return _guard("mark_created", lambda: self._factory().mark_created_many(dispatch_ids))
+
+    def mark_failed(self, dispatch_id: int, error: str) -> bool:
+        """See :meth:`Ledger.mark_failed`."""
+        return _guard("mark_failed", lambda: self._factory().mark_failed(dispatch_id, error))

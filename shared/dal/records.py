@@ -1,0 +1,55 @@
+"""Plain values that cross the boundary between the use cases and the data-access adapters.
+
+No Google client is imported here: the use cases and their unit-test fakes depend on these
+values only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+__all__ = ["OutboundMessage", "StoredSubscription", "TaskRequest"]
+
+
+@dataclass(frozen=True)
+class StoredSubscription:
+    """One ``subscriptions`` document as read: id, raw data, and what a conditional write needs.
+
+    ``update_time`` is the document's last update time when it was read; a write conditioned on
+    it fails if anybody wrote the document since (an overlapping tick, an operator). ``cursor``
+    is the adapter's opaque paging handle (the Firestore snapshot).
+    """
+
+    id: str
+    data: Mapping[str, Any]
+    update_time: datetime | None = None
+    cursor: Any = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class OutboundMessage:
+    """One Pub/Sub message to publish: JSON bytes and string attributes."""
+
+    data: bytes
+    attributes: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TaskRequest:
+    """One HTTP Cloud Task to create.
+
+    ``name`` is the full task resource name (derived from the dispatch key), ``queue`` the full
+    queue path; the request POSTs ``body`` (JSON) to ``url`` with an OIDC token for
+    ``service_account`` whose audience is ``audience``.
+    """
+
+    name: str
+    queue: str
+    url: str
+    body: bytes
+    schedule_time: datetime
+    service_account: str
+    audience: str

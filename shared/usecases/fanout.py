@@ -1,0 +1,393 @@
+"""fanout: turn one due message into one Cloud Task per source, each exactly once.
+
+For a due message (subscription, slot):
+
+1. one Firestore read for the subscription; unknown, malformed or without sources → permanent
+   error (dead-lettered with the reason);
+2. what is not dispatched:
+
+   * an **expired** subscription, or a slot at or after ``ends_at``: never, whatever the reason
+     (no zombie jobs);
+   * a **paused** subscription, for ``schedule`` / ``catch-up`` messages (a message selected
+     just before the pause): skipped with a log line and acked.
+   * Decision for a paused subscription and a ``manual`` / ``replay`` message: it **is**
+     dispatched, with a warning log line. Somebody asked for that run explicitly (``dispatcher
+     ... replay`` or ``gcloud pubsub topics publish``); pausing stops the schedule, not the
+     operator.
+
+3. the run is recorded and every source's dispatch key (subscription id, slot, source id) is
+   claimed in the ledger (``INSERT ... ON CONFLICT DO NOTHING``); a key already ``created`` is
+   done, anything else (won now, or claimed/failed by an earlier attempt) is (re)created;
+4. the tasks are created concurrently under names derived from the dispatch keys
+   (:mod:`shared.dispatch_key`); ALREADY_EXISTS means an earlier attempt landed and counts as
+   created; successes are marked ``created``, failures ``failed`` (attempts + 1), and if any
+   failed the message is retried (:class:`~shared.errors.RetryableError`) after all were
+   attempted. The redelivery finds the created ones done and retries only the rest.
+
+A message without ``slot`` is a manual run: slot = its publish time truncated to the minute,
+reason ``manual`` unless it says otherwise. A given slot is truncated to the minute too, so a
+hand-typed ``09:00:30Z`` is the 09:00 slot and shares its dispatch keys.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final, Protocol
+
+from shared.config import ConfigError, Settings
+from shared.contracts import validate
+from shared.dal.records import StoredSubscription, TaskRequest
+from shared.dispatch_key import DispatchKey, task_name
+from shared.envelope import PushMessage, parse_rfc3339
+from shared.errors import (
+    InvalidRequestError,
+    PermanentError,
+    RetryableError,
+    UnknownSubscriptionError,
+)
+from shared.ledger.repository import Claim, RunRef, SourceSpec
+from shared.scheduling import floor_minute, jitter_offset
+from shared.subscription import InvalidSubscription, Source, Subscription
+
+__all__ = [
+    "DispatchLedger",
+    "FanoutDependencies",
+    "FanoutResult",
+    "InvalidSubscriptionDocumentError",
+    "SubscriptionReader",
+    "TaskGateway",
+    "TasksNotCreatedError",
+    "UnknownSourceKindError",
+    "fanout",
+]
+
+logger = logging.getLogger(__name__)
+
+_MAX_CREATE_WORKERS: Final = 16
+_SCHEDULED_REASONS: Final = frozenset({"schedule", "catch-up"})
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+class InvalidSubscriptionDocumentError(PermanentError):
+    """The subscription document exists but is malformed (or has no sources)."""
+
+    def __init__(self, subscription_id: str, error: InvalidSubscription) -> None:
+        super().__init__(f"subscription {subscription_id!r} is invalid: {error}")
+        self.subscription_id = subscription_id
+        self.path = error.path
+
+    def details(self) -> dict[str, str]:
+        return {"path": self.path or "$", "value": self.subscription_id}
+
+
+class UnknownSourceKindError(PermanentError):
+    """A source's kind has no configured queue: nothing to send it to until config changes."""
+
+    def __init__(self, subscription_id: str, source: Source, error: ConfigError) -> None:
+        super().__init__(f"subscription {subscription_id!r}, source {source.id!r}: {error}")
+        self.kind = source.kind
+
+    def details(self) -> dict[str, str]:
+        return {"rule": "queue_for", "value": self.kind}
+
+
+class TasksNotCreatedError(RetryableError):
+    """Some Cloud Tasks could not be created; the ledger marks them failed; redelivery retries."""
+
+
+# -- ports -------------------------------------------------------------------------------------
+
+
+class SubscriptionReader(Protocol):
+    """One document read."""
+
+    def get(self, subscription_id: str) -> StoredSubscription | None:
+        """The subscription document, or ``None``."""
+        ...
+
+
+class TaskGateway(Protocol):
+    """Creates named Cloud Tasks."""
+
+    def create(self, request: TaskRequest) -> object:
+        """Create (or find already existing); raise RetryableError on failure."""
+        ...
+
+
+class DispatchLedger(Protocol):
+    """The ledger calls fanout makes (see :class:`shared.ledger.repository.Ledger`)."""
+
+    def record_run(
+        self, subscription_id: str, slot: datetime, reason: str, message_id: str | None = None
+    ) -> RunRef:
+        """Record (or find) the run of (subscription, slot)."""
+        ...
+
+    def claim_dispatches(self, run: RunRef, sources: Sequence[SourceSpec]) -> list[Claim]:
+        """Claim every source's dispatch key in one round trip."""
+        ...
+
+    def mark_created_many(self, dispatch_ids: Sequence[int]) -> int:
+        """Mark dispatches created."""
+        ...
+
+    def mark_failed(self, dispatch_id: int, error: str) -> bool:
+        """Mark one dispatch failed (attempts + 1)."""
+        ...
+
+
+@dataclass(frozen=True)
+class FanoutDependencies:
+    """Everything fanout talks to (real ones from :func:`shared.dal.fanout_dependencies`)."""
+
+    settings: Settings
+    store: SubscriptionReader
+    tasks: TaskGateway
+    ledger: DispatchLedger
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+
+
+@dataclass
+class FanoutResult:
+    """What one due message did."""
+
+    subscription_id: str
+    slot: datetime
+    reason: str
+    skipped: str | None = None
+    created: list[str] = field(default_factory=list)
+    already_done: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+# -- the use case ------------------------------------------------------------------------------
+
+
+def _rfc3339(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _slot_of(payload: dict[str, Any], message: PushMessage, now: datetime) -> datetime:
+    text = payload.get("slot")
+    if isinstance(text, str):
+        try:
+            return floor_minute(parse_rfc3339(text))
+        except ValueError as exc:
+            raise InvalidRequestError(f"slot {text!r} is not RFC 3339: {exc}") from exc
+    return floor_minute(message.publish_time or now)
+
+
+def fanout(
+    payload: dict[str, Any],
+    message: PushMessage,
+    *,
+    deps: FanoutDependencies | None = None,
+) -> FanoutResult:
+    """Create one Cloud Task per source of the due subscription, exactly once per dispatch key.
+
+    See the module docstring. Raises a :class:`~shared.errors.PermanentError` for an unknown or
+    invalid subscription and a :class:`~shared.errors.RetryableError` when a dependency failed
+    or any task could not be created.
+    """
+    if deps is None:
+        from shared.dal import fanout_dependencies
+
+        deps = fanout_dependencies()
+    subscription_id = str(payload["subscription_id"])
+    now = deps.clock()
+    slot = _slot_of(payload, message, now)
+    reason = str(payload.get("reason") or "manual")
+    result = FanoutResult(subscription_id, slot, reason)
+    log: dict[str, Any] = {
+        "subscription_id": subscription_id,
+        "slot": _rfc3339(slot),
+        "reason": reason,
+    }
+
+    doc = deps.store.get(subscription_id)
+    if doc is None:
+        raise UnknownSubscriptionError(subscription_id)
+    try:
+        subscription = Subscription.from_document(doc.id, doc.data)
+    except InvalidSubscription as exc:
+        raise InvalidSubscriptionDocumentError(subscription_id, exc) from exc
+
+    skip = _skip_reason(subscription, slot, reason)
+    if skip is not None:
+        result.skipped = skip
+        logger.info(
+            "subscription %s, slot %s not dispatched: %s",
+            subscription_id,
+            _rfc3339(slot),
+            skip,
+            extra={**log, "decision": "skip", "skip_reason": skip},
+        )
+        return result
+    if subscription.paused:
+        logger.warning(
+            "subscription %s is paused; dispatching the %s run anyway (asked for explicitly)",
+            subscription_id,
+            reason,
+            extra={**log, "decision": "dispatch-paused"},
+        )
+
+    specs = _source_specs(deps.settings, subscription, slot)
+    by_source = {s.id: s for s in subscription.sources}
+
+    if payload.get("dry_run"):
+        logger.info(
+            "dry run: subscription %s, slot %s would dispatch %d task(s)",
+            subscription_id,
+            _rfc3339(slot),
+            len(specs),
+            extra={**log, "decision": "would-dispatch", "tasks": [s.task_name for s in specs]},
+        )
+        result.skipped = "dry-run"
+        return result
+
+    run = deps.ledger.record_run(subscription_id, slot, reason, message.message_id or None)
+    claims = deps.ledger.claim_dispatches(run, specs)
+    todo = [c for c in claims if c.must_create]
+    result.already_done = [c.source_id for c in claims if not c.must_create]
+
+    requests = [
+        _task_request(
+            deps.settings, subscription, source=by_source[c.source_id], claim=c, run=run, now=now
+        )
+        for c in todo
+    ]
+    outcomes = _create_all(deps.tasks, requests)
+
+    created_ids: list[int] = []
+    errors: list[tuple[Claim, RetryableError]] = []
+    for claim, outcome in zip(todo, outcomes, strict=True):
+        if isinstance(outcome, RetryableError):
+            errors.append((claim, outcome))
+        else:
+            created_ids.append(claim.dispatch_id)
+            result.created.append(claim.source_id)
+    if created_ids:
+        deps.ledger.mark_created_many(created_ids)
+    for claim, error in errors:
+        deps.ledger.mark_failed(claim.dispatch_id, error.message)
+        result.failed.append(claim.source_id)
+
+    logger.info(
+        "subscription %s, slot %s: %d task(s) created, %d already done, %d failed",
+        subscription_id,
+        _rfc3339(slot),
+        len(result.created),
+        len(result.already_done),
+        len(result.failed),
+        extra={
+            **log,
+            "decision": "dispatched" if not errors else "partially-dispatched",
+            "run_id": run.id,
+            "created": result.created,
+            "already_done": result.already_done,
+            "failed": result.failed,
+        },
+    )
+    if errors:
+        first = errors[0][1]
+        raise TasksNotCreatedError(
+            f"{len(errors)} of {len(todo)} task(s) for {subscription_id} @ {_rfc3339(slot)} "
+            f"not created (first: {first.message})"
+        ) from first
+    return result
+
+
+def _skip_reason(subscription: Subscription, slot: datetime, reason: str) -> str | None:
+    if subscription.status == "expired":
+        return "expired"
+    if subscription.ends_at is not None and slot >= subscription.ends_at:
+        return "slot at or after ends_at"
+    if subscription.paused and reason in _SCHEDULED_REASONS:
+        return "paused"
+    return None
+
+
+def _source_specs(
+    settings: Settings, subscription: Subscription, slot: datetime
+) -> list[SourceSpec]:
+    specs: list[SourceSpec] = []
+    for source in subscription.sources:
+        try:
+            queue = settings.queue_path(source.kind)
+        except ConfigError as exc:
+            raise UnknownSourceKindError(subscription.id, source, exc) from exc
+        key = DispatchKey(subscription.id, slot, source.id)
+        specs.append(SourceSpec(source.id, source.kind, task_name(queue, key), queue))
+    return specs
+
+
+def _task_request(
+    settings: Settings,
+    subscription: Subscription,
+    *,
+    source: Source,
+    claim: Claim,
+    run: RunRef,
+    now: datetime,
+) -> TaskRequest:
+    slot = claim.slot.astimezone(UTC)
+    key = DispatchKey(subscription.id, slot, source.id)
+    url = settings.collector_url_for(source.kind)
+    body = {
+        "dispatch_key": key.to_json(),
+        "source": source.to_document(),
+        "subscription": {"id": subscription.id, "name": subscription.name},
+        "slot": key.slot_text,
+        "reason": run.reason,
+        # The stored name: a retry recreates exactly what the first attempt tried.
+        "task_name": claim.task_name.rsplit("/", 1)[-1],
+        "run_id": run.id,
+        "dispatched_at": now.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+    }
+    # The body is ours alone; validating it turns a contract drift into a loud, permanent error
+    # instead of collectors rejecting tasks one by one.
+    validate("collector-task.v1.json", body)
+    jitter = (
+        subscription.jitter_seconds
+        if subscription.jitter_seconds is not None
+        else settings.default_jitter_seconds
+    )
+    return TaskRequest(
+        name=claim.task_name,
+        queue=claim.queue,
+        url=url,
+        body=json.dumps(body, separators=(",", ":"), sort_keys=True).encode(),
+        schedule_time=slot + jitter_offset(subscription.id, slot, jitter),
+        service_account=settings.collector_service_account,
+        audience=url,
+    )
+
+
+def _create_all(
+    tasks: TaskGateway, requests: Sequence[TaskRequest]
+) -> list[object | RetryableError]:
+    """Create every task concurrently; each outcome is the gateway's answer or its error."""
+    if not requests:
+        return []
+
+    def one(request: TaskRequest) -> object | RetryableError:
+        try:
+            return tasks.create(request)
+        except RetryableError as exc:
+            return exc
+
+    if len(requests) == 1:
+        return [one(requests[0])]
+    with ThreadPoolExecutor(min(len(requests), _MAX_CREATE_WORKERS), "fanout-create") as pool:
+        futures: list[Future[object | RetryableError]] = [
+            pool.submit(contextvars.copy_context().run, one, r) for r in requests
+        ]
+        return [f.result() for f in futures]

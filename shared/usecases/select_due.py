@@ -1,0 +1,371 @@
+"""select: answer a tick by publishing one due message per due slot, then advance ``next_run_at``.
+
+Flow for a tick at time ``T`` (the payload's ``time``, else the message's publish time, which
+Pub/Sub keeps across redeliveries, so a redelivered tick is the same tick):
+
+1. every shard (or the one the tick names) is queried concurrently for its due documents
+   (``next_run_at <= T``, active, not paused), a page at a time;
+2. for each document, :func:`shared.scheduling.plan_tick` decides which slots to publish
+   (``schedule`` / ``catch-up``), which to drop (catch-up policy, logged) and the next
+   ``next_run_at`` (``None``: expired);
+3. the page's due messages are published and **every** publish future is waited on; a failure
+   raises :class:`~shared.errors.RetryableError` before any document of that page is written;
+4. each planned document is advanced with a write conditioned on its ``update_time`` as read.
+
+Invariant: **no slot is ever lost; a slot can be published more than once.**
+
+Let ``N`` be a subscription's stored ``next_run_at``. Claim: every slot ``s < N`` of the
+subscription was, by some tick, either published on ``dispatcher-due`` (confirmed by Pub/Sub) or
+deliberately dropped by its catch-up policy with a log line. Proof, by induction on the writes
+to ``N``:
+
+* ``N`` changes only through :meth:`advance` here (or an operator, see below). Our write of
+  ``N -> N'`` happens only after every message of ``plan_tick(N, T)`` for that document was
+  confirmed (step 3 precedes step 4, and a failed publish aborts before step 4).
+* ``plan_tick``'s own invariant (:mod:`shared.scheduling.catchup`): the plan from ``N`` at ``T``
+  puts every slot in ``[N, T]`` into exactly one of publish / dropped / dropped-range, and
+  ``N'`` is the first slot after ``T``. So once ``N'`` is stored, every slot below ``N'`` is
+  accounted for.
+* The write is conditional on the document being unchanged since it was read, i.e. on ``N``
+  still being the stored value. A write therefore never replaces a value it did not plan from:
+  when two ticks overlap, the loser's write fails (logged, harmless) and the winner's plan
+  covered everything up to the value it stored; neither can skip an interval. An operator's
+  edit (pause, new schedule, recompute) also makes our write fail, and their value stands.
+* Any failure between publishing and writing (crash, timeout, failed write) leaves ``N`` where
+  it was; the redelivered tick, or the next one, plans again from ``N``. Missed ticks are the
+  same case: the next tick plans from the old ``N`` and the catch-up policy decides. Replaying
+  the tick of a missed minute (explicit ``time``) before a later tick ran dispatches what was
+  missed; after it, ``T < N`` and the replay plans nothing.
+* Paging cannot skip a document: pages resume after the last document's (``next_run_at``, id)
+  position, and a document only leaves the result set by being advanced.
+
+Duplicates are possible by the same reasoning (publish confirmed, then the write failed or lost a
+race; overlapping ticks; Pub/Sub redelivering a due message). Every duplicate carries the same
+(subscription, slot), so fanout derives the same dispatch keys: the ledger's unique key and the
+Cloud Task names absorb them, and each (subscription, slot, source) is dispatched exactly once.
+
+Paused and expired subscriptions are not due (the query excludes them). ``dry_run`` ticks log
+what would be published and write nothing.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar
+
+from shared.config import Settings
+from shared.dal.records import OutboundMessage, StoredSubscription
+from shared.envelope import PushMessage, parse_rfc3339
+from shared.errors import InvalidRequestError, RetryableError
+from shared.scheduling import TickPlan, plan_tick
+from shared.subscription import InvalidSubscription, Subscription
+
+__all__ = [
+    "DuePublisher",
+    "SelectDependencies",
+    "SelectResult",
+    "SubscriptionDueStore",
+    "select_due",
+]
+
+logger = logging.getLogger(__name__)
+
+_MAX_SHARD_WORKERS = 8
+_MAX_WRITE_WORKERS = 16
+
+_T = TypeVar("_T")
+
+
+class SubscriptionDueStore(Protocol):
+    """What select needs from the ``subscriptions`` collection."""
+
+    def due_page(
+        self,
+        shard: int,
+        tick_time: datetime,
+        limit: int,
+        after: StoredSubscription | None = None,
+    ) -> Sequence[StoredSubscription]:
+        """Up to ``limit`` due documents of ``shard`` by ``next_run_at``, after ``after``."""
+        ...
+
+    def advance(
+        self,
+        doc: StoredSubscription,
+        next_run_at: datetime | None,
+        *,
+        expired: bool,
+        now: datetime,
+    ) -> bool:
+        """Conditionally store ``next_run_at`` (or expire); False if the document changed."""
+        ...
+
+
+class DuePublisher(Protocol):
+    """Publishes due messages and waits until Pub/Sub confirmed every one."""
+
+    def publish(self, messages: Sequence[OutboundMessage]) -> list[str]:
+        """Publish all; raise :class:`~shared.errors.RetryableError` if any failed."""
+        ...
+
+
+@dataclass(frozen=True)
+class SelectDependencies:
+    """Everything select talks to (real ones from :func:`shared.dal.select_dependencies`)."""
+
+    settings: Settings
+    store: SubscriptionDueStore
+    publisher: DuePublisher
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+
+
+@dataclass
+class SelectResult:
+    """What one tick did (for tests, benchmarks and the summary log line)."""
+
+    tick_time: datetime
+    dry_run: bool
+    read: int = 0
+    published: int = 0
+    dropped: int = 0
+    advanced: int = 0
+    expired: int = 0
+    conflicts: int = 0
+    invalid: int = 0
+    messages: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, other: SelectResult) -> None:
+        """Fold a shard's counts into this total."""
+        self.read += other.read
+        self.published += other.published
+        self.dropped += other.dropped
+        self.advanced += other.advanced
+        self.expired += other.expired
+        self.conflicts += other.conflicts
+        self.invalid += other.invalid
+        self.messages.extend(other.messages)
+
+
+def _in_context(pool: ThreadPoolExecutor, fn: Callable[..., _T], *args: Any) -> Future[_T]:
+    # Worker threads do not inherit contextvars; the log context (event id, topic) must follow.
+    return pool.submit(contextvars.copy_context().run, fn, *args)
+
+
+def _rfc3339(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def tick_time_of(payload: dict[str, Any], message: PushMessage, now: datetime) -> datetime:
+    """The instant a tick selects for: ``time``, else the publish time, else ``now``."""
+    text = payload.get("time")
+    if isinstance(text, str):
+        try:
+            return parse_rfc3339(text).astimezone(UTC)
+        except ValueError as exc:
+            raise InvalidRequestError(f"tick time {text!r} is not RFC 3339: {exc}") from exc
+    if message.publish_time is not None:
+        return message.publish_time.astimezone(UTC)
+    return now.astimezone(UTC)
+
+
+def select_due(
+    payload: dict[str, Any],
+    message: PushMessage,
+    *,
+    deps: SelectDependencies | None = None,
+) -> SelectResult:
+    """Select the due subscriptions of a tick and publish their due messages (module docstring).
+
+    Raises :class:`~shared.errors.InvalidRequestError` (permanent) for a shard outside the
+    configured count and :class:`~shared.errors.RetryableError` when Firestore or Pub/Sub
+    failed -- after every shard has finished, so the other shards' work is kept.
+    """
+    if deps is None:
+        from shared.dal import select_dependencies
+
+        deps = select_dependencies()
+    settings = deps.settings
+    tick = tick_time_of(payload, message, deps.clock())
+    dry_run = bool(payload.get("dry_run", False))
+    shard = payload.get("shard")
+    if shard is not None and not 0 <= int(shard) < settings.shard_count:
+        raise InvalidRequestError(
+            f"shard {shard} is outside 0..{settings.shard_count - 1} (dispatcher.shard_count)"
+        )
+    shards = [int(shard)] if shard is not None else list(range(settings.shard_count))
+    total = SelectResult(tick_time=tick, dry_run=dry_run)
+    errors: list[RetryableError] = []
+    with (
+        ThreadPoolExecutor(min(len(shards), _MAX_SHARD_WORKERS), "select-shard") as shard_pool,
+        ThreadPoolExecutor(_MAX_WRITE_WORKERS, "select-write") as write_pool,
+    ):
+        ctx = _Tick(deps, tick, dry_run, message.message_id, write_pool)
+        futures = {s: _in_context(shard_pool, _select_shard, ctx, s) for s in shards}
+        for s, future in futures.items():
+            try:
+                total.add(future.result())
+            except RetryableError as exc:
+                logger.warning(
+                    "shard %d failed: %s", s, exc.message, extra={"shard": s, "decision": "retry"}
+                )
+                errors.append(exc)
+    logger.info(
+        "tick %s: %d due read, %d published, %d dropped, %d advanced, %d expired, %d conflicts%s",
+        _rfc3339(tick),
+        total.read,
+        total.published,
+        total.dropped,
+        total.advanced,
+        total.expired,
+        total.conflicts,
+        " (dry run: nothing published or written)" if dry_run else "",
+        extra={
+            "tick_time": _rfc3339(tick),
+            "dry_run": dry_run,
+            "read": total.read,
+            "published": total.published,
+            "advanced": total.advanced,
+            "shards": len(shards),
+        },
+    )
+    if errors:
+        raise errors[0]
+    return total
+
+
+@dataclass(frozen=True)
+class _Tick:
+    """One tick being processed: what every shard worker needs."""
+
+    deps: SelectDependencies
+    time: datetime
+    dry_run: bool
+    tick_id: str
+    write_pool: ThreadPoolExecutor
+
+
+def _select_shard(ctx: _Tick, shard: int) -> SelectResult:
+    result = SelectResult(tick_time=ctx.time, dry_run=ctx.dry_run)
+    page_size = max(1, ctx.deps.settings.firestore_page_size)
+    after: StoredSubscription | None = None
+    while True:
+        page = list(ctx.deps.store.due_page(shard, ctx.time, page_size, after))
+        result.read += len(page)
+        if page:
+            _process_page(ctx, page, result)
+        if len(page) < page_size:
+            return result
+        after = page[-1]
+
+
+def _process_page(ctx: _Tick, page: Sequence[StoredSubscription], result: SelectResult) -> None:
+    deps, tick, dry_run, tick_id = ctx.deps, ctx.time, ctx.dry_run, ctx.tick_id
+    planned: list[tuple[StoredSubscription, Subscription, TickPlan]] = []
+    outbound: list[OutboundMessage] = []
+    for doc in page:
+        try:
+            subscription = Subscription.from_document(doc.id, doc.data)
+        except InvalidSubscription as exc:
+            # A broken document must not hold up the others; it stays due and keeps being
+            # reported every tick until someone fixes it.
+            result.invalid += 1
+            logger.error(
+                "subscription %s is invalid, not scheduled: %s",
+                doc.id,
+                exc,
+                extra={"subscription_id": doc.id, "decision": "invalid", "path": exc.path},
+            )
+            continue
+        plan = plan_tick(subscription, subscription.next_run_at, tick)
+        planned.append((doc, subscription, plan))
+        for slot in plan.publish:
+            body = {
+                "subscription_id": subscription.id,
+                "slot": _rfc3339(slot.slot),
+                "reason": slot.reason,
+            }
+            if tick_id:
+                body["tick_id"] = tick_id[:200]
+            result.messages.append(body)
+            outbound.append(
+                OutboundMessage(
+                    data=json.dumps(body, separators=(",", ":")).encode(),
+                    attributes={"subscription_id": subscription.id, "slot": body["slot"]},
+                )
+            )
+        result.published += len(plan.publish)
+        result.dropped += len(plan.dropped)
+        _log_plan(subscription, plan, dry_run)
+
+    if dry_run:
+        return
+    # Step 3 before step 4: nothing is advanced unless every due message of the page is out.
+    deps.publisher.publish(outbound)
+
+    now = deps.clock()
+    writes = [
+        (subscription, plan, _in_context(ctx.write_pool, _advance, deps, doc, plan, now))
+        for doc, subscription, plan in planned
+        if plan.advanced
+    ]
+    failure: RetryableError | None = None
+    for subscription, plan, future in writes:
+        try:
+            written = future.result()
+        except RetryableError as exc:
+            failure = failure or exc
+            continue
+        if not written:
+            result.conflicts += 1
+            logger.info(
+                "subscription %s changed since it was read (overlapping tick or an edit); "
+                "its next_run_at is left to the other writer",
+                subscription.id,
+                extra={"subscription_id": subscription.id, "decision": "conflict"},
+            )
+        elif plan.expired:
+            result.expired += 1
+            logger.info(
+                "subscription %s expired: no slot left before ends_at",
+                subscription.id,
+                extra={"subscription_id": subscription.id, "decision": "expired"},
+            )
+        else:
+            result.advanced += 1
+    if failure is not None:
+        raise failure
+
+
+def _advance(
+    deps: SelectDependencies, doc: StoredSubscription, plan: TickPlan, now: datetime
+) -> bool:
+    return deps.store.advance(doc, plan.next_run_at, expired=plan.expired, now=now)
+
+
+def _log_plan(subscription: Subscription, plan: TickPlan, dry_run: bool) -> None:
+    extra: dict[str, Any] = {
+        "subscription_id": subscription.id,
+        "decision": "would-publish" if dry_run else "publish",
+        "slots": [f"{_rfc3339(p.slot)}:{p.reason}" for p in plan.publish],
+        "next_run_at": None if plan.next_run_at is None else _rfc3339(plan.next_run_at),
+    }
+    if plan.dropped:
+        extra["dropped"] = [f"{_rfc3339(d.slot)}:{d.reason}" for d in plan.dropped]
+    if plan.dropped_range is not None:
+        start, end = plan.dropped_range
+        extra["dropped_range"] = [_rfc3339(start), _rfc3339(end)]
+    logger.info(
+        "subscription %s: %s %d slot(s), dropped %d, next run %s",
+        subscription.id,
+        "would publish" if dry_run else "publishing",
+        len(plan.publish),
+        len(plan.dropped) + (1 if plan.dropped_range else 0),
+        extra["next_run_at"] or "none (expires)",
+        extra=extra,
+    )
