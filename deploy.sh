@@ -28,6 +28,7 @@ Options:
   --env ENV              staging or production (required)
   --var-file FILE        Terraform variables (default: terraform/environments/ENV.tfvars)
   --backend-config FILE  state backend settings (default: terraform/environments/ENV.backend.hcl)
+  --build-dir DIR        where archives and the saved plan go (default: build/)
   --skip-migrations      --apply without running the ledger migrations
   --yes                  --apply without asking for confirmation
   -h, --help             this text
@@ -50,6 +51,7 @@ env_name=""
 action=""
 var_file=""
 backend_file=""
+build_dir=""
 skip_migrations=0
 assume_yes=0
 
@@ -79,6 +81,11 @@ while [ $# -gt 0 ]; do
       backend_file=$2
       shift 2
       ;;
+    --build-dir)
+      [ $# -ge 2 ] || die_usage "--build-dir needs a path"
+      build_dir=$2
+      shift 2
+      ;;
     --skip-migrations)
       skip_migrations=1
       shift
@@ -106,7 +113,7 @@ esac
 
 var_file=${var_file:-$TF_DIR/environments/$env_name.tfvars}
 backend_file=${backend_file:-$TF_DIR/environments/$env_name.backend.hcl}
-build_dir="$ROOT/build"
+build_dir=${build_dir:-$ROOT/build}
 
 # The value of a top-level `name = value` line of an HCL file, without quotes ("" if absent).
 # Enough for the flat tfvars and backend files we keep; Terraform does the real parsing later.
@@ -193,7 +200,7 @@ python_bin() {
 # (which carries the archive's hash) changes, and the function redeploys, only when code changed.
 package() {
   local out="$build_dir/functions"
-  log "packaging functions into ${out#"$ROOT"/}"
+  log "packaging functions into $out"
   "$(python_bin)" - "$ROOT" "$out" <<'PY'
 import sys
 import tomllib
@@ -235,7 +242,7 @@ for name in functions:
         add(archive, "requirements.txt", requirements.encode())
         for arcname, path in common:
             add(archive, arcname, path.read_bytes())
-    print(f"  {target.relative_to(root)} ({target.stat().st_size} bytes)", file=sys.stderr)
+    print(f"  {target} ({target.stat().st_size} bytes)", file=sys.stderr)
 PY
 }
 
@@ -244,11 +251,10 @@ terraform_init() {
   terraform -chdir="$TF_DIR" init -input=false -reconfigure -backend-config="$(realpath "$backend_file")"
 }
 
-plan_file="$build_dir/$env_name.tfplan"
-
 terraform_plan() {
   log "terraform plan ($env_name)"
-  terraform -chdir="$TF_DIR" plan -input=false -var-file="$(realpath "$var_file")" -out="$plan_file"
+  terraform -chdir="$TF_DIR" plan -input=false -var-file="$(realpath "$var_file")" \
+    -var="function_source_dir=$(realpath "$build_dir/functions")" -out="$(realpath "$build_dir")/$env_name.tfplan"
 }
 
 migrate() {
@@ -300,6 +306,6 @@ case "$action" in
       log "skipping migrations (--skip-migrations)"
     fi
     log "terraform apply ($env_name)"
-    terraform -chdir="$TF_DIR" apply -input=false "$plan_file"
+    terraform -chdir="$TF_DIR" apply -input=false "$(realpath "$build_dir")/$env_name.tfplan"
     ;;
 esac
