@@ -331,7 +331,7 @@ class LocalStack:
                     "--target",
                     "handle",
                     "--signature-type",
-                    "cloudevent",
+                    "http",
                     "--host",
                     HOST,
                     "--port",

@@ -71,7 +71,8 @@ from shared.logs import bind_log_context, current_log_context, log_context, setu
 
 logger = logging.getLogger(__name__)
 
-UseCase = Callable[[dict[str, Any], PushMessage], None]
+# Use cases may return a result (for tests and logs); the handler ignores it.
+UseCase = Callable[[dict[str, Any], PushMessage], object]
 
 
 class Outcome(Enum):

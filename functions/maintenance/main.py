@@ -1,0 +1,23 @@
+"""The `maintenance` function: expire, prune-ledger, reconcile, recompute-next-run jobs.
+
+Pushed by the `dispatcher-maintenance` subscription (topics.yaml). Thin on purpose: the handler
+unwraps the push envelope, validates the payload against the topic's contract, dead-letters
+permanent errors and answers 5xx for retryable ones; the use case does the work.
+"""
+
+from __future__ import annotations
+
+import flask
+import functions_framework
+
+from shared.handler import handle_push_request
+from shared.usecases.maintenance import run_maintenance
+
+
+@functions_framework.http
+def handle(request: flask.Request) -> tuple[str, int]:
+    # The HTTP signature (not @cloud_event) sees every push, even bodies functions-framework's
+    # CloudEvent conversion would refuse before our code runs, so those are dead-lettered too.
+    return handle_push_request(
+        request, topic="dispatcher-maintenance", function="maintenance", use_case=run_maintenance
+    )
