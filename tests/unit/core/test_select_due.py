@@ -1,0 +1,275 @@
+"""select_due against in-memory fakes: what is published, what is advanced, and in which order."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from shared.config import Settings, load_settings
+from shared.errors import InvalidRequestError, RetryableError
+from shared.usecases.select_due import SelectDependencies, select_due
+from tests.support.core import subscription_doc, utc
+
+from .fakes import FakePublisher, FakeSubscriptionStore, message
+
+SHARDS = 4
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return load_settings(environ={}, shard_count=SHARDS, firestore_page_size=2)
+
+
+@pytest.fixture
+def store() -> FakeSubscriptionStore:
+    return FakeSubscriptionStore()
+
+
+@pytest.fixture
+def publisher() -> FakePublisher:
+    return FakePublisher()
+
+
+@pytest.fixture
+def deps(
+    settings: Settings, store: FakeSubscriptionStore, publisher: FakePublisher
+) -> SelectDependencies:
+    return SelectDependencies(
+        settings=settings,
+        store=store,
+        publisher=publisher,
+        clock=lambda: utc("2030-01-01T00:00"),
+    )
+
+
+def add(store: FakeSubscriptionStore, sid: str, start: datetime, **fields: Any) -> None:
+    schedule = fields.pop("schedule", {"every": 300})
+    store.put(
+        sid, subscription_doc(sid, schedule=schedule, start=start, shard_count=SHARDS, **fields)
+    )
+
+
+def published(publisher: FakePublisher) -> list[tuple[str, str, str]]:
+    out = []
+    for m in publisher.messages:
+        body = json.loads(m.data)
+        assert m.attributes == {"subscription_id": body["subscription_id"], "slot": body["slot"]}
+        out.append((body["subscription_id"], body["slot"], body["reason"]))
+    return sorted(out)
+
+
+def tick(deps: SelectDependencies, at: str, **payload: object) -> None:
+    select_due({"time": at, **payload}, message("tick-1"), deps=deps)
+
+
+def test_a_due_subscription_gets_one_message_and_its_next_run_advances(
+    deps: SelectDependencies, store: FakeSubscriptionStore, publisher: FakePublisher
+) -> None:
+    add(store, "acme", utc("2026-01-05T09:00"))
+    tick(deps, "2026-01-05T09:00:00Z")
+    assert published(publisher) == [("acme", "2026-01-05T09:00:00Z", "schedule")]
+    body = json.loads(publisher.messages[0].data)
+    assert body["tick_id"] == "tick-1"
+    assert store.docs["acme"]["next_run_at"] == utc("2026-01-05T09:05")
+
+
+def test_ticks_before_the_slot_publish_nothing_and_change_nothing(
+    deps: SelectDependencies, store: FakeSubscriptionStore, publisher: FakePublisher
+) -> None:
+    add(store, "acme", utc("2026-01-05T09:05"))
+    version = store.versions["acme"]
+    for minute in range(5):
+        tick(deps, f"2026-01-05T09:0{minute}:00Z")
+    assert publisher.messages == []
+    assert store.versions["acme"] == version
+
+
+def test_a_replayed_tick_publishes_nothing_twice(
+    deps: SelectDependencies, store: FakeSubscriptionStore, publisher: FakePublisher
+) -> None:
+    add(store, "acme", utc("2026-01-05T09:00"))
+    for _ in range(3):
+        tick(deps, "2026-01-05T09:00:00Z")
+        tick(deps, "2026-01-05T09:00:30Z")
+    assert published(publisher) == [("acme", "2026-01-05T09:00:00Z", "schedule")]
+
+
+def test_the_tick_time_defaults_to_the_publish_time(
+    deps: SelectDependencies, store: FakeSubscriptionStore, publisher: FakePublisher
+) -> None:
+    add(store, "acme", utc("2026-01-05T09:00"))
+    select_due({}, message("t", publish_time=utc("2026-01-05T08:59")), deps=deps)
+    assert publisher.messages == []
+    select_due(
+        {}, message("t", publish_time=utc("2026-01-05T09:00") + timedelta(seconds=2)), deps=deps
+    )
+    assert published(publisher) == [("acme", "2026-01-05T09:00:00Z", "schedule")]
+
+
+def test_a_failed_publish_advances_nothing_and_the_retry_publishes_it(
+    deps: SelectDependencies, store: FakeSubscriptionStore, publisher: FakePublisher
+) -> None:
+    add(store, "acme", utc("2026-01-05T09:00"))
+    publisher.fail = True
+    with pytest.raises(RetryableError):
+        tick(deps, "2026-01-05T09:00:00Z")
+    assert store.docs["acme"]["next_run_at"] == utc("2026-01-05T09:00")
+    publisher.fail = False
+    tick(deps, "2026-01-05T09:00:00Z")
+    assert published(publisher) == [("acme", "2026-01-05T09:00:00Z", "schedule")]
+    assert store.docs["acme"]["next_run_at"] == utc("2026-01-05T09:05")
+
+
+def test_a_document_changed_after_the_read_is_not_overwritten(
+    deps: SelectDependencies, store: FakeSubscriptionStore, publisher: FakePublisher
+) -> None:
+    add(store, "acme", utc("2026-01-05T09:00"))
+    edited = utc("2026-01-05T12:00")
+
+    def operator_edits(page: list[object]) -> None:
+        store.on_read = None
+        data = dict(store.docs["acme"], next_run_at=edited)
+        store.put("acme", data)
+
+    store.on_read = operator_edits
+    result = select_due({"time": "2026-01-05T09:00:00Z"}, message(), deps=deps)
+    assert result.conflicts == 1 and result.advanced == 0
+    assert store.docs["acme"]["next_run_at"] == edited
+    assert published(publisher) == [("acme", "2026-01-05T09:00:00Z", "schedule")]
+
+
+def test_dry_run_publishes_and_writes_nothing(
+    deps: SelectDependencies, store: FakeSubscriptionStore, publisher: FakePublisher
+) -> None:
+    add(store, "acme", utc("2026-01-05T09:00"))
+    version = store.versions["acme"]
+    result = select_due({"time": "2026-01-05T09:00:00Z", "dry_run": True}, message(), deps=deps)
+    assert [m["subscription_id"] for m in result.messages] == ["acme"]
+    assert publisher.messages == []
+    assert store.versions["acme"] == version
+
+
+def test_pages_cover_every_due_document_once(
+    deps: SelectDependencies, store: FakeSubscriptionStore, publisher: FakePublisher
+) -> None:
+    ids = [f"sub-{i:02d}" for i in range(23)]
+    for sid in ids:
+        add(store, sid, utc("2026-01-05T09:00"))
+    result = select_due({"time": "2026-01-05T09:00:00Z"}, message(), deps=deps)
+    assert sorted(s for s, _, _ in published(publisher)) == ids
+    assert result.read == 23 and result.advanced == 23
+    # page size 2: every shard needed more than one page; each page was published separately.
+    assert len(publisher.batches) > SHARDS
+
+
+def test_paused_expired_and_invalid_documents_are_not_published(
+    deps: SelectDependencies, store: FakeSubscriptionStore, publisher: FakePublisher
+) -> None:
+    start = utc("2026-01-05T09:00")
+    add(store, "ok", start)
+    add(store, "paused", start, paused=True)
+    add(store, "broken", start)
+    store.docs["broken"]["schedule"] = {"every": 61}
+    result = select_due({"time": "2026-01-05T09:00:00Z"}, message(), deps=deps)
+    assert published(publisher) == [("ok", "2026-01-05T09:00:00Z", "schedule")]
+    assert result.invalid == 1
+
+
+def test_the_last_slot_before_ends_at_is_published_then_the_subscription_expires(
+    deps: SelectDependencies, store: FakeSubscriptionStore, publisher: FakePublisher
+) -> None:
+    add(store, "ending", utc("2026-01-05T09:00"), ends_at=utc("2026-01-05T09:05"))
+    result = select_due({"time": "2026-01-05T09:00:00Z"}, message(), deps=deps)
+    assert published(publisher) == [("ending", "2026-01-05T09:00:00Z", "schedule")]
+    assert result.expired == 1
+    assert store.docs["ending"]["status"] == "expired"
+    assert store.docs["ending"]["next_run_at"] is None
+    tick(deps, "2026-01-05T10:00:00Z")
+    assert len(publisher.messages) == 1
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        ("skip", ["10:30:00Z:schedule"]),
+        ("latest", ["10:25:00Z:catch-up", "10:30:00Z:schedule"]),
+        (
+            "all",
+            [
+                f"{m}:catch-up"
+                for m in (
+                    "09:30:00Z",
+                    "09:35:00Z",
+                    "09:40:00Z",
+                    "09:45:00Z",
+                    "09:50:00Z",
+                    "09:55:00Z",
+                    "10:00:00Z",
+                    "10:05:00Z",
+                    "10:10:00Z",
+                    "10:15:00Z",
+                    "10:20:00Z",
+                    "10:25:00Z",
+                )
+            ]
+            + ["10:30:00Z:schedule"],
+        ),
+    ],
+)
+def test_catch_up_after_90_minutes_without_ticks(
+    deps: SelectDependencies,
+    store: FakeSubscriptionStore,
+    publisher: FakePublisher,
+    policy: str,
+    expected: list[str],
+) -> None:
+    # Last tick 09:00; the next arrives at 10:30. Window one hour: 09:30 is the oldest allowed.
+    add(
+        store,
+        "acme",
+        utc("2026-01-05T09:05"),
+        catch_up={"policy": policy, "window": 3600, "max_slots": 60},
+    )
+    tick(deps, "2026-01-05T10:30:00Z")
+    got = [f"{slot[11:]}:{reason}" for _, slot, reason in published(publisher)]
+    assert got == expected
+
+
+def test_a_shard_outside_the_configured_count_is_a_permanent_error(
+    deps: SelectDependencies,
+) -> None:
+    with pytest.raises(InvalidRequestError):
+        select_due({"shard": SHARDS}, message(), deps=deps)
+
+
+def test_a_single_shard_tick_reads_only_that_shard(
+    deps: SelectDependencies, store: FakeSubscriptionStore, publisher: FakePublisher
+) -> None:
+    for i in range(12):
+        add(store, f"sub-{i}", utc("2026-01-05T09:00"))
+    shard = store.docs["sub-0"]["shard"]
+    select_due({"time": "2026-01-05T09:00:00Z", "shard": shard}, message(), deps=deps)
+    expected = sorted(s for s, d in store.docs.items() if d["shard"] == shard)
+    assert sorted(s for s, _, _ in published(publisher)) == expected
+    assert all(
+        d["next_run_at"] == utc("2026-01-05T09:00")
+        for d in store.docs.values()
+        if d["shard"] != shard
+    )
+
+
+def test_datetimes_in_messages_are_utc_rfc3339(
+    deps: SelectDependencies, store: FakeSubscriptionStore, publisher: FakePublisher
+) -> None:
+    add(
+        store,
+        "ny",
+        utc("2026-03-08T07:00"),
+        schedule={"cron": "0 3 * * *", "timezone": "America/New_York"},
+    )
+    tick(deps, "2026-03-08T03:00:00-04:00")
+    assert published(publisher) == [("ny", "2026-03-08T07:00:00Z", "schedule")]
+    assert store.docs["ny"]["next_run_at"] == datetime(2026, 3, 9, 7, 0, tzinfo=UTC)
