@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -329,3 +330,14 @@ def test_due_query_index_matches_the_query_fields() -> None:
     fields = index.body["fields"]
     assert [f["field_path"] for f in fields] == DUE_QUERY_FIELDS
     assert {f["order"] for f in fields} == {"ASCENDING"}
+
+
+def test_the_due_query_uses_the_indexed_fields_in_index_order() -> None:
+    """shared/dal/firestore_store.py's query: equalities in index order, then the range field."""
+    source = (ROOT / "shared" / "dal" / "firestore_store.py").read_text()
+    filters = re.findall(r'FieldFilter\("([a-z_]+)", "([=<>!]+)"', source)
+    order_by = re.findall(r'\.order_by\("([a-z_]+)"', source)
+    equalities = [field for field, op in filters if op == "=="]
+    ranges = [field for field, op in filters if op != "=="]
+    assert equalities + ranges == DUE_QUERY_FIELDS
+    assert ranges == order_by == DUE_QUERY_FIELDS[-1:]
