@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import requests
@@ -51,13 +51,17 @@ class OidcVerifier:
         self._session = requests.Session()
 
     def verify(
-        self, authorization: str | None, *, audience: str, email: str | None = None
+        self,
+        authorization: str | None,
+        *,
+        audience: str | Sequence[str],
+        email: str | None = None,
     ) -> Mapping[str, Any]:
         """Return the token's claims, or raise :class:`TokenRejected`.
 
-        ``audience`` must match the token's ``aud``; when ``email`` is given the token must be
-        for that (verified) service account, so a token minted for another identity in the
-        same project is refused.
+        ``audience`` (one value, or any of several) must match the token's ``aud``; when
+        ``email`` is given the token must be for that (verified) service account, so a token
+        minted for another identity in the same project is refused.
         """
         token = _bearer(authorization)
         try:
@@ -67,7 +71,10 @@ class OidcVerifier:
         certs = self._certificates(force=header.get("kid") not in self._certs)
         try:
             claims: Mapping[str, Any] = jwt.decode(  # type: ignore[no-untyped-call]
-                token, certs=dict(certs), audience=audience, clock_skew_in_seconds=self._skew
+                token,
+                certs=dict(certs),
+                audience=audience if isinstance(audience, str) else list(audience),
+                clock_skew_in_seconds=self._skew,
             )
         except (ValueError, auth_exceptions.GoogleAuthError) as exc:
             raise TokenRejected(f"invalid token: {exc}") from exc

@@ -207,7 +207,7 @@ def handle_push_request(
     """
     _ensure_logging()
     route = route or _route(topic, function)
-    refusal = authorize_push(request.headers.get("Authorization"), request.url, route)
+    refusal = authorize_push(request.headers.get("Authorization"), request.host, route)
     if refusal is not None:
         return refusal
     publisher = dead_letters or _dead_letters()
@@ -226,13 +226,17 @@ def handle_push_request(
     return outcome.value, 200
 
 
-def authorize_push(authorization: str | None, url: str, route: Route) -> tuple[str, int] | None:
+def authorize_push(authorization: str | None, host: str, route: Route) -> tuple[str, int] | None:
     """Check the push request's OIDC token when configured to; ``None`` means go ahead.
 
     A refused request is answered 401 and neither processed nor dead-lettered: its content is
     not trusted, and a forged request must not be able to write into a dead-letter topic.
     A genuine push refused by misconfiguration is redelivered by Pub/Sub and, after max
     delivery attempts, dead-lettered by Pub/Sub itself, so nothing is lost.
+
+    The audience is ``push_auth.audience`` when set, else the function's own HTTPS URL (what
+    Terraform puts in each push subscription's ``oidc_token.audience``; a function cannot be
+    told its own URL, and TLS ends before the request reaches us, hence the Host header).
     """
     settings = config.get_settings()
     if not settings.push_auth_verify:
@@ -240,7 +244,7 @@ def authorize_push(authorization: str | None, url: str, route: Route) -> tuple[s
     try:
         _push_verifier(settings.oidc_certs_url or GOOGLE_CERTS_URL).verify(
             authorization,
-            audience=settings.push_auth_audience or url,
+            audience=settings.push_auth_audience or [f"https://{host}", f"https://{host}/"],
             email=settings.push_auth_service_account or None,
         )
     except TokenRejected as exc:

@@ -134,4 +134,26 @@ def test_push_with_a_valid_token_is_processed(signer: TokenSigner) -> None:
 
 def test_verification_is_off_unless_configured() -> None:
     assert not config.load_settings(environ={}).push_auth_verify
-    assert handler.authorize_push(None, AUDIENCE, handler.Route("t", "f", "s", "t-dlq", 1)) is None
+    route = handler.Route("t", "f", "s", "t-dlq", 1)
+    assert handler.authorize_push(None, "select.example.run.app", route) is None
+
+
+def test_without_a_configured_audience_the_functions_own_https_url_is_expected(
+    signer: TokenSigner, certs: CertServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = replace(
+        config.load_settings(),
+        push_auth_verify=True,
+        push_auth_audience="",
+        push_auth_service_account=PUSH_SA,
+        oidc_certs_url=certs.url,
+    )
+    monkeypatch.setattr(config, "get_settings", lambda: settings)
+    route = handler.Route("t", "f", "s", "t-dlq", 1)
+    own = signer.token(PUSH_SA, "https://select-abc.a.run.app")
+    other = signer.token(PUSH_SA, "https://fanout-abc.a.run.app")
+    assert handler.authorize_push(f"Bearer {own}", "select-abc.a.run.app", route) is None
+    assert handler.authorize_push(f"Bearer {other}", "select-abc.a.run.app", route) == (
+        "unauthorized",
+        401,
+    )
