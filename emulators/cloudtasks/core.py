@@ -399,7 +399,7 @@ class Emulator:
 
     def update_queue(self, queue_pb: Any, mask_paths: list[str]) -> Any:
         """UpdateQueue: applies the masked fields; creates the queue if it does not exist."""
-        parsed = names.parse_queue(queue_pb.name)
+        names.parse_queue(queue_pb.name)
         for path in mask_paths:
             if path not in UPDATABLE_QUEUE_PATHS:
                 raise invalid(f"update_mask path {path!r} is not updatable")
@@ -419,7 +419,6 @@ class Emulator:
                     "queue_create", f"created queue {created.name} by update", queue=created.name
                 )
                 return out
-        del parsed
         with queue.lock:
             candidate = QueuePb()
             candidate.CopyFrom(queue.pb)
