@@ -1,0 +1,77 @@
+"""Maintenance jobs on an in-memory store: expire and recompute-next-run, each run twice."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from shared.config import load_settings
+from shared.errors import InvalidRequestError
+from shared.ops.store import MemorySubscriptionStore
+from shared.ops.subscriptions import write_subscription
+from shared.usecases.maintenance import JobContext, run_job
+
+NOW = datetime(2026, 3, 7, 9, 0, 30, tzinfo=UTC)
+SETTINGS = load_settings(environ={})
+
+
+def seeded() -> MemorySubscriptionStore:
+    store = MemorySubscriptionStore()
+    for sub_id, extra in (
+        ("ends-soon", {"ends_at": "2026-03-07T10:00:00Z"}),
+        ("forever", {}),
+        ("paused", {"paused": True}),
+    ):
+        raw: dict[str, Any] = {
+            "name": sub_id,
+            "schedule": {"every": 900},
+            "sources": [{"id": "s", "kind": "rss"}],
+            **extra,
+        }
+        write_subscription(store, sub_id, raw, now=lambda: NOW, shard_count=16, known_kinds=["rss"])
+    return store
+
+
+def ctx(store: MemorySubscriptionStore, now: datetime, dry_run: bool = False) -> JobContext:
+    def no_ledger() -> Any:
+        raise AssertionError("these jobs do not touch the ledger")
+
+    return JobContext(SETTINGS, now, lambda: store, no_ledger, dry_run=dry_run)
+
+
+def test_expire_twice(caplog: pytest.LogCaptureFixture) -> None:
+    store = seeded()
+    later = NOW + timedelta(hours=2)
+    assert run_job("expire", {"job": "expire"}, ctx(store, later, dry_run=True))["expired"] == 1
+    assert store.docs["ends-soon"][0]["status"] == "active"
+    with caplog.at_level(logging.INFO, logger="shared.usecases.maintenance"):
+        first = run_job("expire", {"job": "expire"}, ctx(store, later))
+    assert first == {"expired": 1, "conflicts": 0}
+    assert store.docs["ends-soon"][0]["status"] == "expired"
+    assert store.docs["ends-soon"][0]["next_run_at"] is None
+    assert store.docs["forever"][0]["status"] == "active"
+    assert run_job("expire", {"job": "expire"}, ctx(store, later))["expired"] == 0
+    records = [r for r in caplog.records if getattr(r, "job", None) == "expire"]
+    assert len(records) == 1 and records[0].counts == {"expired": 1, "conflicts": 0}  # type: ignore[attr-defined]
+
+
+def test_recompute_fixes_stale_and_shard_then_changes_nothing() -> None:
+    store = seeded()
+    data, _ = store.docs["forever"]
+    store.update("forever", {"next_run_at": None, "shard": 99}, if_updated_at=None)
+    later = NOW + timedelta(minutes=20)
+    counts = run_job("recompute-next-run", {"job": "recompute-next-run"}, ctx(store, later))
+    assert counts["updated"] == 1 and counts["skipped"] == 1  # the paused one
+    fixed = store.docs["forever"][0]
+    assert fixed["next_run_at"] == datetime(2026, 3, 7, 9, 30, tzinfo=UTC)
+    assert fixed["shard"] == data["shard"]
+    again = run_job("recompute-next-run", {"job": "recompute-next-run"}, ctx(store, later))
+    assert again["updated"] == 0 and again["unchanged"] == 2
+
+
+def test_unknown_job_is_permanent() -> None:
+    with pytest.raises(InvalidRequestError):
+        run_job("defragment", {}, ctx(MemorySubscriptionStore(), NOW))
