@@ -112,10 +112,13 @@ class AttemptRecord:
 
 
 class _Task:
-    __slots__ = ("first_dispatch", "history", "in_flight", "pb", "removed", "version")
+    __slots__ = ("executions", "first_dispatch", "history", "in_flight", "pb", "removed", "version")
 
     def __init__(self, pb: Any) -> None:
         self.pb = pb
+        # Responses that reached the handler: production's X-CloudTasks-TaskExecutionCount
+        # excludes 5xx answers, unlike Task.response_count.
+        self.executions = 0
         self.version = 0
         self.in_flight = 0
         self.removed = False
@@ -755,7 +758,7 @@ class Emulator:
         headers["X-CloudTasks-QueueName"] = names.short_id(queue.name)
         headers["X-CloudTasks-TaskName"] = task_id
         headers["X-CloudTasks-TaskRetryCount"] = str(retry_count)
-        headers["X-CloudTasks-TaskExecutionCount"] = str(task.response_count)
+        headers["X-CloudTasks-TaskExecutionCount"] = str(state.executions)
         headers["X-CloudTasks-TaskETA"] = f"{schedule:.6f}"
         if previous_status is not None:
             headers["X-CloudTasks-TaskPreviousResponse"] = str(previous_status)
@@ -873,6 +876,8 @@ class Emulator:
                 last = task.last_attempt
                 if result.status is not None:
                     task.response_count += 1
+                    if result.status < 500:
+                        state.executions += 1
                     _ts(last.response_time, now)
                     last.response_status.CopyFrom(
                         status_pb2.Status(

@@ -10,6 +10,7 @@ test never see another test's behaviour:
 - ``/status/<code>/<bucket>``: that status
 - ``/sleep/<ms>/<bucket>``: 200 after sleeping
 - ``/fail-first/<n>/<bucket>``: 500 while X-CloudTasks-TaskRetryCount < n, then 200
+- ``/fail-first-4xx/<n>/<bucket>``: the same with 409 (a response that counts as an execution)
 """
 
 from __future__ import annotations
@@ -130,9 +131,10 @@ class Target:
             if kind == "sleep":
                 time.sleep(int(parts[1]) / 1000.0)
                 return 200
-            if kind == "fail-first":
+            if kind in {"fail-first", "fail-first-4xx"}:
                 retry_count = int(headers.get("X-CloudTasks-TaskRetryCount", "0"))
-                return 500 if retry_count < int(parts[1]) else 200
+                failure = 500 if kind == "fail-first" else 409
+                return failure if retry_count < int(parts[1]) else 200
             return 404
         finally:
             with self._lock:
