@@ -14,12 +14,12 @@ from __future__ import annotations
 import base64
 import heapq
 import itertools
+import queue as queue_module
 import random
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -218,6 +218,39 @@ class _Dispatch:
     oauth: str | None = None
 
 
+class _WorkerPool:
+    """Daemon threads draining a queue of dispatches.
+
+    Unlike ThreadPoolExecutor (whose threads the interpreter joins at exit) a worker stuck on
+    a slow target for its whole dispatch deadline never delays shutdown, and there is no
+    Future per request.
+    """
+
+    def __init__(self, workers: int, perform: Callable[[_Dispatch], None]) -> None:
+        self._queue: queue_module.SimpleQueue[_Dispatch | None] = queue_module.SimpleQueue()
+        self._perform = perform
+        self._threads = [
+            threading.Thread(target=self._run, name=f"cloudtasks-dispatch-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            self._perform(item)
+
+    def submit(self, dispatch: _Dispatch) -> None:
+        self._queue.put(dispatch)
+
+    def stop(self) -> None:
+        for _ in self._threads:
+            self._queue.put(None)
+
+
 def _ts(message: Any, seconds: float) -> None:
     message.FromNanoseconds(int(seconds * 1e9))
 
@@ -287,9 +320,7 @@ class Emulator:
         self._flight_lock = threading.Lock()
         self._global_in_flight = 0
         self._client = KeepAliveClient()
-        self._pool = ThreadPoolExecutor(
-            max_workers=config.dispatch_workers, thread_name_prefix="cloudtasks-dispatch"
-        )
+        self._pool = _WorkerPool(config.dispatch_workers, self._perform)
         self._dispatcher = threading.Thread(
             target=self._dispatch_loop, name="cloudtasks-dispatcher", daemon=True
         )
@@ -302,7 +333,7 @@ class Emulator:
         self._stopping = True
         self._wake.set()
         self._dispatcher.join(timeout=5.0)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.stop()
 
     def reset(self) -> None:
         """Drop every queue, task, tombstone and deleted-queue reservation."""
@@ -674,7 +705,7 @@ class Emulator:
             out = self._task_view(state.pb, view)
         with self._flight_lock:
             self._global_in_flight += 1
-        self._pool.submit(self._perform, dispatch)
+        self._pool.submit(dispatch)
         return out
 
     # ----------------------------------------------------------------- history / debug
@@ -823,7 +854,7 @@ class Emulator:
                 with self._flight_lock:
                     self._global_in_flight += len(batch)
                 for dispatch in batch:
-                    self._pool.submit(self._perform, dispatch)
+                    self._pool.submit(dispatch)
             self._next_wake = next_due
             timeout = next_due - time.time()
             if timeout > 0:
