@@ -96,7 +96,7 @@ class FirestoreSubscriptionStore:
 
     def _option(self, if_updated_at: datetime | None) -> Any:
         if if_updated_at is None:
-            return self._client.write_option(exists=True)
+            return None  # update() already requires the document to exist
         return self._client.write_option(last_update_time=if_updated_at)
 
     @staticmethod

@@ -78,6 +78,8 @@ def run_job(job: str, arguments: Mapping[str, Any], ctx: JobContext) -> dict[str
     handler = _HANDLERS.get(job)
     if handler is None:
         raise InvalidRequestError(f"unknown maintenance job {job!r} (known: {', '.join(JOBS)})")
+    # The payload's dry_run counts whoever built the context: a dry run must never write.
+    ctx.dry_run = ctx.dry_run or bool(arguments.get("dry_run", False))
     started = time.monotonic()
     handler(arguments, ctx)
     logger.info(
