@@ -246,9 +246,13 @@ class _WorkerPool:
     def submit(self, dispatch: _Dispatch) -> None:
         self._queue.put(dispatch)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 1.0) -> None:
+        """Ask every worker to finish; wait briefly for the idle ones (busy ones may linger)."""
         for _ in self._threads:
             self._queue.put(None)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def _ts(message: Any, seconds: float) -> None:

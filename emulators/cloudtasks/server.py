@@ -147,7 +147,11 @@ def start_server(
     )
     emulator = Emulator(config, log_stream)
     ready = threading.Event()
-    http_server = build_http_server(host, http_port, emulator, ready.is_set)
+    try:
+        http_server = build_http_server(host, http_port, emulator, ready.is_set)
+    except OSError:
+        emulator.stop()
+        raise
     http_thread = serve_in_thread(http_server)
     address = f"{host}:{port}"
     grpc_server: _GrpcRunner
