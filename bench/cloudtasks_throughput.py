@@ -8,7 +8,9 @@ stack), a fast keep-alive HTTP target in another process, and measures with the 
   16 clients spread over 4 processes (a client process is GIL-bound too);
 - dispatch throughput: tasks created in paused queues, then all queues resumed, until the
   target has answered every request (one queue is capped at 500/s by production's limit,
-  so the aggregate uses several queues).
+  so the aggregate uses several queues);
+- creates into running queues while they dispatch (the fan-out shape): create rate and the
+  rate at which everything has been delivered.
 
 Prints a table and writes JSON (default ``bench/results/cloudtasks.json``).
 
@@ -259,6 +261,49 @@ def _with_cpu(pid: int, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]
     return result
 
 
+def measure_pipeline(
+    target: str, clients: int, queues: int, total: int, url: str, count_url: str
+) -> dict[str, Any]:
+    """Create into running queues while they dispatch, like fan-out feeding collectors."""
+    admin = _client(target)
+    names = [_new_queue(admin, paused=False) for _ in range(queues)]
+    per_client = total // clients
+    prefix = uuid.uuid4().hex[:6]
+    channels = [_client(target) for _ in range(clients)]
+    for client in channels:
+        client.get_queue(name=names[0])
+    before = int(requests.get(count_url, timeout=5).text)
+    threads = [
+        threading.Thread(
+            target=_create_many,
+            args=(channels[c], names[c % queues], f"{prefix}-{c}", per_client, url),
+        )
+        for c in range(clients)
+    ]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    created = time.perf_counter() - started
+    done = per_client * clients
+    deadline = started + 120
+    while int(requests.get(count_url, timeout=5).text) < before + done:
+        if time.perf_counter() > deadline:
+            raise RuntimeError("pipeline dispatch did not finish within 120 s")
+        time.sleep(0.005)
+    elapsed = time.perf_counter() - started
+    return {
+        "clients": clients,
+        "queues": queues,
+        "tasks": done,
+        "create_seconds": round(created, 3),
+        "create_per_second": round(done / created, 1),
+        "seconds": round(elapsed, 3),
+        "per_second": round(done / elapsed, 1),
+    }
+
+
 def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The median run by throughput (runs on a shared 2-core machine are noisy)."""
     ordered = sorted(runs, key=lambda r: r["per_second"])
@@ -371,6 +416,15 @@ def main(argv: list[str] | None = None) -> int:
                 ),
             ),
         )
+        pipeline = _repeat(
+            args.repeat,
+            lambda: _with_cpu(
+                pid,
+                lambda: measure_pipeline(
+                    target, 16, args.dispatch_queues, args.creates, url, count_url
+                ),
+            ),
+        )
     finally:
         emulator.stop()
         target_proc.terminate()
@@ -392,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
             "16_clients_processes": sixteen_procs,
         },
         "dispatch": {"1_queue": single_queue, f"{args.dispatch_queues}_queues": many_queues},
+        "create_while_dispatching": pipeline,
         "ratios": {
             "create_16_threads_vs_1": round(sixteen_threads["per_second"] / one["per_second"], 2),
             "create_16_processes_vs_1": round(sixteen_procs["per_second"] / one["per_second"], 2),
@@ -413,6 +468,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"dispatch, 1 queue (limit 500/s): {single_queue['per_second']:8.1f} /s")
     print(
         f"dispatch, {args.dispatch_queues} queues:              {many_queues['per_second']:8.1f} /s"
+    )
+    print(
+        f"16 clients creating into {args.dispatch_queues} running queues: "
+        f"{pipeline['create_per_second']:8.1f} creates/s, "
+        f"all dispatched at {pipeline['per_second']:8.1f} /s"
     )
     print(f"written to {args.output}")
     return 0
