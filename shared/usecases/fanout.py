@@ -6,8 +6,10 @@ For a due message (subscription, slot):
    error (dead-lettered with the reason);
 2. what is not dispatched:
 
-   * an **expired** subscription, or a slot at or after ``ends_at``: never, whatever the reason
-     (no zombie jobs);
+   * a slot at or after ``ends_at``: never, whatever the reason (no zombie jobs); an
+     **expired** subscription: no ``manual`` / ``replay`` run. A ``schedule`` / ``catch-up``
+     message for an expired subscription does run: select marks the subscription expired right
+     after publishing its last slot, so that message is expected to find it expired;
    * a **paused** subscription, for ``schedule`` / ``catch-up`` messages (a message selected
      just before the pause): skipped with a log line and acked.
    * Decision for a paused subscription and a ``manual`` / ``replay`` message: it **is**
@@ -306,10 +308,13 @@ def fanout(
 
 
 def _skip_reason(subscription: Subscription, slot: datetime, reason: str) -> str | None:
-    if subscription.status == "expired":
-        return "expired"
     if subscription.ends_at is not None and slot >= subscription.ends_at:
         return "slot at or after ends_at"
+    # select marks a subscription expired right after publishing its last slot, so a scheduled
+    # message may well find it expired: its slot was selected before the deadline and runs.
+    # Anything asked for by hand after expiry does not.
+    if subscription.status == "expired" and reason not in _SCHEDULED_REASONS:
+        return "expired"
     if subscription.paused and reason in _SCHEDULED_REASONS:
         return "paused"
     return None

@@ -209,16 +209,31 @@ def test_a_paused_subscription_still_runs_explicit_requests(
     assert len(tasks.created) == 3
 
 
-@pytest.mark.parametrize("reason", ["schedule", "manual", "replay"])
-def test_expired_subscriptions_and_slots_past_ends_at_never_dispatch(
+@pytest.mark.parametrize("reason", ["schedule", "catch-up", "manual", "replay"])
+def test_slots_at_or_after_ends_at_never_dispatch(
     deps: FanoutDependencies, store: FakeSubscriptionStore, tasks: FakeTasks, reason: str
 ) -> None:
     store.docs["acme"]["ends_at"] = utc("2026-01-05T09:00")
     assert fanout(due(reason=reason), message(), deps=deps).skipped == "slot at or after ends_at"
+    assert tasks.calls == []
+
+
+@pytest.mark.parametrize("reason", ["manual", "replay"])
+def test_an_expired_subscription_runs_nothing_by_hand(
+    deps: FanoutDependencies, store: FakeSubscriptionStore, tasks: FakeTasks, reason: str
+) -> None:
     store.docs["acme"].update(status="expired", next_run_at=None)
-    del store.docs["acme"]["ends_at"]
     assert fanout(due(reason=reason), message(), deps=deps).skipped == "expired"
     assert tasks.calls == []
+
+
+@pytest.mark.parametrize("reason", ["schedule", "catch-up"])
+def test_the_last_slot_runs_although_select_already_marked_the_subscription_expired(
+    deps: FanoutDependencies, store: FakeSubscriptionStore, tasks: FakeTasks, reason: str
+) -> None:
+    store.docs["acme"].update(status="expired", next_run_at=None, ends_at=utc("2026-01-05T09:01"))
+    fanout(due(reason=reason), message(), deps=deps)
+    assert len(tasks.created) == 3
 
 
 def test_dry_run_creates_and_records_nothing(
