@@ -17,12 +17,19 @@ _LABELS = {"component": "cloudtasks-emulator"}
 _ENCODER = json.JSONEncoder(separators=(",", ":"), default=str, ensure_ascii=False)
 
 
+class _SecondCache:
+    # One tuple, replaced atomically, so a reader never pairs a second with another's text.
+    pair: tuple[int, str] = (-1, "")
+
+
 def _timestamp(now: float) -> str:
+    """RFC 3339 UTC with milliseconds; the formatted second is reused (strftime is slow)."""
     whole = int(now)
-    return (
-        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
-        + f".{int((now - whole) * 1000):03d}Z"
-    )
+    second, text = _SecondCache.pair
+    if second != whole:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _SecondCache.pair = (whole, text)
+    return f"{text}.{int((now - whole) * 1000):03d}Z"
 
 
 class JsonLog:
