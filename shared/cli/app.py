@@ -10,7 +10,16 @@ import sys
 
 import typer
 
-from shared.cli import schemas_cmd, stack_cmd, topics_cmd
+from shared.cli import (
+    dlq_cmd,
+    ledger_cmd,
+    publish_cmd,
+    schemas_cmd,
+    stack_cmd,
+    subscriptions_cmd,
+    sync_cmd,
+    topics_cmd,
+)
 from shared.cli.common import CliError, fail
 
 app = typer.Typer(
@@ -23,6 +32,12 @@ app = typer.Typer(
 app.add_typer(stack_cmd.app, name="stack")
 app.add_typer(topics_cmd.app, name="topics")
 app.add_typer(schemas_cmd.app, name="schemas")
+app.add_typer(subscriptions_cmd.app, name="subscriptions")
+app.add_typer(dlq_cmd.app, name="dlq")
+app.add_typer(ledger_cmd.app, name="ledger")
+app.command("tick")(publish_cmd.tick)
+app.command("run")(publish_cmd.run)
+app.command("sync")(sync_cmd.sync)
 
 
 def main() -> None:
