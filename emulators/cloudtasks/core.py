@@ -609,18 +609,17 @@ class Emulator:
         with queue.lock:
             if queue.deleted:
                 raise not_found(f"Queue {parent} does not exist.")
+            queue.expire_tombstones(now)
             if task_id is None:
                 task_id = self._generate_id(queue)
                 task.name = f"{parent}/tasks/{task_id}"
-            else:
-                queue.expire_tombstones(now)
-                if task_id in queue.tasks or task_id in queue.tombstones:
-                    raise already_exists(
-                        "The task cannot be created because a task with this name existed too "
-                        "recently. For more information about task de-duplication see "
-                        "https://cloud.google.com/tasks/docs/reference/rest/v2/"
-                        "projects.locations.queues.tasks/create#body.request_body.FIELDS.task"
-                    )
+            elif task_id in queue.tasks or task_id in queue.tombstones:
+                raise already_exists(
+                    "The task cannot be created because a task with this name existed too "
+                    "recently. For more information about task de-duplication see "
+                    "https://cloud.google.com/tasks/docs/reference/rest/v2/"
+                    "projects.locations.queues.tasks/create#body.request_body.FIELDS.task"
+                )
             queue.tasks[task_id] = state
             schedule = _ts_seconds(task.schedule_time)
             heapq.heappush(queue.heap, (schedule, next(self._seq), 0, state))
