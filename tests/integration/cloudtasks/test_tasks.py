@@ -284,6 +284,22 @@ def test_same_task_id_in_two_queues_is_independent(
 def test_fifty_concurrent_creates_of_one_name_yield_exactly_one_task(
     client: tasks_v2.CloudTasksClient, paused_queue: str
 ) -> None:
+    _race_fifty_creates(client, paused_queue)
+
+
+def test_thread_pool_grpc_mode_also_yields_exactly_one_task(
+    private_emulator: Callable[..., EmulatorHandle],
+    client_for: Callable[[EmulatorHandle], tasks_v2.CloudTasksClient],
+) -> None:
+    client = client_for(private_emulator(grpc_asyncio=False, grpc_workers=8))
+    queue = client.create_queue(
+        parent=PARENT, queue=tasks_v2.Queue(name=f"{PARENT}/queues/threaded")
+    )
+    client.pause_queue(name=queue.name)
+    _race_fifty_creates(client, queue.name)
+
+
+def _race_fifty_creates(client: tasks_v2.CloudTasksClient, paused_queue: str) -> None:
     name = f"{paused_queue}/tasks/contended"
     barrier = threading.Barrier(50)
     outcomes: list[str] = []
