@@ -2,9 +2,10 @@
 
 Everything here is a pure function of its arguments: no clock, no I/O.
 
-Cron schedules are evaluated in their IANA time zone with `cronsim`_ (see
-``docs/cron-library.md`` for why cronsim and not croniter). Daylight-saving rules, which are
-Debian cron's and cronsim's:
+Cron schedules are evaluated in their IANA time zone: `cronsim`_ matches the fields on naive
+wall-clock times, and this module maps wall clock to UTC itself (cronsim's own mapping fails
+around transitions that are not whole-hour steps; see ``docs/cron-library.md``). The
+daylight-saving rules, which are Debian cron's:
 
 * **Fixed-time schedules** -- neither the minute nor the hour field starts with ``*`` (``30 2 * *
   *``, ``0 9 * * 1-5``, ``0,30 8-18 * * *``) -- follow the wall clock:
@@ -36,9 +37,11 @@ A subscription's slots are its schedule's slots ``s`` with ``starts_at <= s < en
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Final
+from zoneinfo import ZoneInfo
 
 from cronsim import CronSim
 
@@ -59,6 +62,8 @@ __all__ = [
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MINUTE: Final = timedelta(minutes=1)
 _EPSILON: Final = timedelta(microseconds=1)
+_TRANSITION_SCAN_STEP: Final = timedelta(hours=3)
+_MAX_GAP_MINUTES: Final = 2 * 24 * 60
 
 
 class ScheduleExhausted(ValueError):  # noqa: N818 - reads as a state, like StopIteration
@@ -97,16 +102,94 @@ def _next_every(schedule: EverySchedule, after: datetime, anchor: datetime) -> d
     return anchor + (index + 1) * period
 
 
-def _next_cron(schedule: CronSchedule, after: datetime) -> datetime:
-    local = after.astimezone(schedule.zone)
-    # For fixed-time schedules cronsim iterates on the naive wall clock, which forgets whether
-    # ``after`` was in the first or the second pass of a repeated autumn hour; it can then offer a
-    # first-occurrence slot that is already behind us. Those are skipped: strictly after holds.
-    for candidate in CronSim(schedule.cron, local):
-        slot = candidate.astimezone(UTC)
+def _offset(zone: ZoneInfo, instant: datetime) -> timedelta:
+    offset = instant.astimezone(zone).utcoffset()
+    assert offset is not None  # a ZoneInfo always knows its offset
+    return offset
+
+
+def _next_transition(zone: ZoneInfo, start: datetime, end: datetime) -> datetime | None:
+    """The first instant in ``(start, end]`` whose UTC offset differs from ``start``'s, if any.
+
+    Scans in steps of :data:`_TRANSITION_SCAN_STEP` (no zone changes its offset twice within
+    one), then bisects to the second (transitions fall on whole seconds).
+    """
+    base = _offset(zone, start)
+    low = start
+    while low < end:
+        high = min(low + _TRANSITION_SCAN_STEP, end)
+        if _offset(zone, high) != base:
+            lo_s, hi_s = math.floor(low.timestamp()), math.ceil(high.timestamp())
+            while hi_s - lo_s > 1:
+                mid = (lo_s + hi_s) // 2
+                if _offset(zone, datetime.fromtimestamp(mid, UTC)) == base:
+                    lo_s = mid
+                else:
+                    hi_s = mid
+            return datetime.fromtimestamp(hi_s, UTC)
+        low = high
+    return None
+
+
+def _is_fixed_time(expression: str) -> bool:
+    # Debian cron's rule, which cronsim also follows: a wildcard-led minute or hour field makes
+    # the job an interval job.
+    minute, hour = expression.split()[:2]
+    return not minute.startswith("*") and not hour.startswith("*")
+
+
+def _first_occurrence(wall: datetime, zone: ZoneInfo) -> datetime:
+    """The instant of naive local ``wall``: its first occurrence, or the end of a gap it is in."""
+    candidate = wall
+    for _ in range(_MAX_GAP_MINUTES):
+        instant = candidate.replace(tzinfo=zone, fold=0).astimezone(UTC)
+        if instant.astimezone(zone).replace(tzinfo=None) == candidate:
+            return instant
+        candidate += _ONE_MINUTE
+    raise ScheduleExhausted(f"no real local time within two days after {wall} in {zone.key}")
+
+
+def _next_fixed_time(expression: str, zone: ZoneInfo, after: datetime) -> datetime:
+    # Walk the naive wall clock from after's wall time. Mapping wall times to first occurrences
+    # never goes backwards, but after may be in the second pass of a repeated hour: earlier
+    # first occurrences are then skipped, which keeps "strictly after".
+    wall = after.astimezone(zone).replace(tzinfo=None)
+    for candidate in CronSim(expression, wall):
+        slot = _first_occurrence(candidate, zone)
         if slot > after:
             return slot
-    raise ScheduleExhausted(f"cron {schedule.cron!r} has no slot after {after.isoformat()}")
+    raise ScheduleExhausted(f"cron {expression!r} has no slot after {after.isoformat()}")
+
+
+def _next_interval(expression: str, zone: ZoneInfo, after: datetime) -> datetime:
+    # The UTC timeline is cut into stretches of constant offset. Within one, wall time is
+    # instant + offset, so the first matching wall time is the first slot -- unless the offset
+    # changes before it, in which case the search resumes at the transition (inclusive).
+    start, inclusive = after, False
+    while True:
+        offset = _offset(zone, start)
+        wall = (start + offset).replace(tzinfo=None)
+        # cronsim returns times strictly after its (whole-second) start.
+        origin = wall - timedelta(seconds=1) if inclusive else wall
+        candidate = next(iter(CronSim(expression, origin)), None)
+        if candidate is None:
+            raise ScheduleExhausted(f"cron {expression!r} has no slot after {after.isoformat()}")
+        slot = (candidate - offset).replace(tzinfo=UTC)
+        transition = _next_transition(zone, start, slot)
+        if transition is None:
+            return slot
+        start, inclusive = transition, True
+
+
+def _next_cron(schedule: CronSchedule, after: datetime) -> datetime:
+    # cronsim only ever sees naive wall-clock times: its own time zone handling misbehaves around
+    # transitions that are not whole-hour steps at whole hours (Australia/Lord_Howe's 30-minute
+    # shift, Pacific/Chatham's 02:45) -- it can loop forever or skip slots. The mapping between
+    # wall clock and UTC is done here instead, by the rules in the module docstring.
+    zone = schedule.zone
+    if _is_fixed_time(schedule.cron):
+        return _next_fixed_time(schedule.cron, zone, after)
+    return _next_interval(schedule.cron, zone, after)
 
 
 def next_slot_after(

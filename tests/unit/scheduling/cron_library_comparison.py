@@ -166,7 +166,31 @@ def report(*, timings: bool = True) -> str:
         counts = [f"{r.early} / {r.extra} / {r.skips}" for r in stats]
         restart_lines.append(f"| {case.label} `{case.cron}` | {' | '.join(counts)} |")
     tail = ["", *timing_lines()] if timings else []
-    return "\n".join([*lines, "", *restart_lines, *tail])
+    return "\n".join([*lines, "", *restart_lines, "", *odd_zone_lines(), *tail])
+
+
+# Transitions that are not a one-hour step at a whole hour. Each start lies in the repeated
+# period (second pass); the right answer is the first slot strictly after it.
+ODD_ZONES: tuple[tuple[str, str, datetime], ...] = (
+    ("Pacific/Chatham", "* 3 * * *", _utc("2026-04-04 14:00")),  # 02:45 +1245, 2nd pass
+    ("Australia/Lord_Howe", "*/15 * * * *", _utc("2026-04-04 15:05")),  # 01:35 +1030, 2nd pass
+    ("Australia/Lord_Howe", "* */2 * * *", _utc("2026-04-04 15:10")),
+)
+
+
+def odd_zone_lines() -> list[str]:
+    """First result of a fresh call from inside an odd repeated period, per library."""
+    lines = ["| zone, cron, after | " + " | ".join(RESTARTED) + " |",
+             "| --- |" + " --- |" * len(RESTARTED)]  # fmt: skip
+    for zone, expr, after in ODD_ZONES:
+        local = after.astimezone(ZoneInfo(zone))
+        cells = []
+        for fn in RESTARTED.values():
+            got = fn(expr, local)
+            mark = " (before *after*)" if got <= after else ""
+            cells.append(fmt(got, zone) + mark)
+        lines.append(f"| {zone} `{expr}` after {fmt(after, zone)} | {' | '.join(cells)} |")
+    return lines
 
 
 def timing_lines(calls: int = 2000) -> list[str]:
