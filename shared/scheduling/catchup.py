@@ -110,14 +110,18 @@ def plan_tick(
 
     See the module docstring for the rules and the invariant. ``next_run_at`` is passed
     separately from ``subscription.next_run_at`` so the caller states which value its
-    conditional write is based on; ``None`` (expired, or never scheduled) plans nothing.
+    conditional write is based on; ``None`` (not scheduled) plans nothing and expires nothing.
     """
     tick = _aware_utc(tick_time, "tick_time")
     if on_time_grace < timedelta(0):
         raise ValueError("on_time_grace must not be negative")
 
-    if subscription.status == "expired" or next_run_at is None:
+    if subscription.status == "expired":
         return TickPlan((), (), None, None, expired=True, advanced=next_run_at is not None)
+    if next_run_at is None:
+        # Not scheduled (e.g. paused with next_run_at cleared): nothing is due, nothing expires.
+        # Whoever resumes it sets next_run_at = next_run_for(subscription, now).
+        return TickPlan((), (), None, None, expired=False, advanced=False)
 
     stored = _aware_utc(next_run_at, "next_run_at")
     if tick < stored:

@@ -195,12 +195,16 @@ def test_stored_next_run_at_past_ends_at_expires_without_a_due_slot() -> None:
     assert plan.publish == () and plan.expired and plan.next_run_at is None
 
 
-def test_expired_status_or_null_next_run_at_plans_nothing() -> None:
+def test_expired_status_plans_nothing_and_clears_next_run_at() -> None:
     expired = make(EVERY_15, status="expired")
     plan = plan_tick(expired, at("10:30"), at("10:30:01"))
-    assert plan.publish == () and plan.expired and plan.next_run_at is None
-    plan = plan_tick(make(EVERY_15), None, at("10:30:01"))
-    assert plan.publish == () and plan.expired and not plan.advanced
+    assert plan.publish == () and plan.expired and plan.next_run_at is None and plan.advanced
+
+
+def test_null_next_run_at_plans_nothing_and_does_not_expire() -> None:
+    # E.g. a paused subscription whose next_run_at the CLI cleared.
+    plan = plan_tick(make(EVERY_15, paused=True), None, at("10:30:01"))
+    assert plan == TickPlan((), (), None, None, expired=False, advanced=False)
 
 
 def test_starts_at_in_the_future_is_respected_by_catch_up() -> None:
