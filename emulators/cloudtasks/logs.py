@@ -1,8 +1,8 @@
 """Structured JSON log lines (Cloud Logging's format: severity, message, plus fields).
 
-Logging sits on the create and dispatch hot paths, so lines are written to the stream without
-a flush each; a background thread flushes at most ``flush_interval`` seconds after a write, and
-``close()`` flushes what is left.
+Logging sits on the create and dispatch hot paths, so ``emit`` only encodes and queues the
+line; a background thread writes the queued lines every ``flush_interval`` seconds in one
+write, and ``close()`` writes what is left.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import contextlib
 import json
 import threading
 import time
+from collections import deque
 from typing import Any, TextIO
 
 _LABELS = {"component": "cloudtasks-emulator"}
@@ -37,24 +38,24 @@ class JsonLog:
 
     def __init__(self, stream: TextIO | None, flush_interval: float = 0.1) -> None:
         self._stream = stream
+        # deque.append/popleft are atomic, so emitters never take a lock; with
+        # PYTHONUNBUFFERED (set in our environments) a write per line would be a syscall each.
+        self._pending: deque[str] = deque()
         self._lock = threading.Lock()
-        self._dirty = threading.Event()
         self._closed = False
         self._interval = flush_interval
-        self._flusher: threading.Thread | None = None
         if stream is not None:
-            self._flusher = threading.Thread(
+            threading.Thread(
                 target=self._flush_loop, name="cloudtasks-log-flush", daemon=True
-            )
-            self._flusher.start()
+            ).start()
 
     @property
     def enabled(self) -> bool:
         return self._stream is not None
 
     def emit(self, event: str, message: str, severity: str = "INFO", **fields: Any) -> None:
-        """Write one line: ``{"severity", "message", "event", "time", labels, **fields}``."""
-        if self._stream is None:
+        """Queue one line: ``{"severity", "message", "event", "time", labels, **fields}``."""
+        if self._stream is None or self._closed:
             return
         record = {
             "severity": severity,
@@ -64,32 +65,28 @@ class JsonLog:
             "logging.googleapis.com/labels": _LABELS,
             **fields,
         }
-        line = _ENCODER.encode(record) + "\n"
-        with self._lock:
-            if self._closed:
-                return
-            try:
-                self._stream.write(line)
-            except ValueError:
-                # The stream was closed under us during interpreter shutdown.
-                return
-        self._dirty.set()
+        self._pending.append(_ENCODER.encode(record) + "\n")
 
     def _flush_loop(self) -> None:
         while not self._closed:
-            self._dirty.wait()
             time.sleep(self._interval)
-            self._dirty.clear()
-            self._flush()
+            self._drain()
 
-    def _flush(self) -> None:
+    def _drain(self) -> None:
         if self._stream is None:
             return
-        with self._lock, contextlib.suppress(ValueError):
-            self._stream.flush()
+        with self._lock:
+            parts: list[str] = []
+            with contextlib.suppress(IndexError):
+                while True:
+                    parts.append(self._pending.popleft())
+            if not parts:
+                return
+            with contextlib.suppress(ValueError):  # stream closed at interpreter shutdown
+                self._stream.write("".join(parts))
+                self._stream.flush()
 
     def close(self) -> None:
-        """Flush everything written so far and stop the flusher (the stream stays open)."""
-        self._flush()
+        """Write out everything emitted so far and stop the flusher (the stream stays open)."""
         self._closed = True
-        self._dirty.set()
+        self._drain()
