@@ -82,7 +82,7 @@ def fanout_dependencies() -> FanoutDependencies:
     from shared.config import get_settings
     from shared.dal.cloud_tasks import CloudTasksGateway
     from shared.dal.firestore_store import FirestoreSubscriptionStore
-    from shared.dal.ledger import LedgerGateway
+    from shared.dal.ledger_gateway import LedgerGateway
     from shared.usecases.fanout import FanoutDependencies
 
     return FanoutDependencies(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -49,3 +51,19 @@ def expected_slots(
     """The subscription's slots ``start <= s <= end`` (on-time ticks publish exactly these)."""
     subscription = Subscription.from_document(subscription_id, doc)
     return list(iter_subscription_slots(subscription, start - timedelta(microseconds=1), end))
+
+
+@contextlib.contextmanager
+def emulator_environment(env: Mapping[str, str]) -> Iterator[None]:
+    """Point Google clients built inside the block at the stack's emulators, then restore."""
+    keys = ("PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update({k: env[k] for k in keys})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

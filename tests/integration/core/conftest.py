@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
@@ -10,20 +9,19 @@ from google.protobuf import field_mask_pb2
 
 from shared.tasks_admin import apply_queues
 from tests.integration.core.harness import Core
+from tests.support.core import emulator_environment
 from tests.support.stack import StackHandle
 
 # The acceptance runs push thousands of tasks; production's per-kind rates (5-50/s) would make
 # the collector oracle wait minutes. Raised for this module, restored from app.toml afterwards.
 _FAST_RATE = 500.0
-_ENV_KEYS = ("PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT")
 
 
 @pytest.fixture(scope="module")
 def core(stack: StackHandle) -> Iterator[Core]:
-    saved = {k: os.environ.get(k) for k in _ENV_KEYS}
-    # The Google clients read the emulator hosts from the environment when they are built.
-    os.environ.update({k: stack.env[k] for k in _ENV_KEYS})
-    harness = Core(stack)
+    with emulator_environment(stack.env):
+        # The Google clients read the emulator hosts from the environment when they are built.
+        harness = Core(stack)
     for queue in harness.settings.queues.values():
         harness.tasks_client.update_queue(
             request={
@@ -47,11 +45,6 @@ def core(stack: StackHandle) -> Iterator[Core]:
     finally:
         apply_queues(harness.settings, harness.tasks_client)
         harness.close()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture(autouse=True)

@@ -26,7 +26,7 @@ from shared.clients import build_tasks_client
 from shared.config import Settings, load_settings
 from shared.dal.cloud_tasks import CloudTasksGateway
 from shared.dal.firestore_store import FirestoreSubscriptionStore
-from shared.dal.ledger import LedgerGateway
+from shared.dal.ledger_gateway import LedgerGateway
 from shared.dal.pubsub_publisher import PubSubPublisher
 from shared.dal.records import StoredSubscription
 from shared.envelope import PushMessage
