@@ -39,8 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--dispatch-workers",
         type=int,
-        default=64,
-        help="HTTP dispatch threads, also the global in-flight cap",
+        default=256,
+        help="most HTTP dispatch threads (started on demand), also the global in-flight cap",
     )
     parser.add_argument(
         "--grpc-workers",

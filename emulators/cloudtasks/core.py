@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, Generic, TextIO, TypeVar
 
 import grpc
 from google.cloud.tasks_v2.types import queue as queue_types
@@ -84,7 +84,7 @@ class EmulatorConfig:
     """How long a deleted queue's name cannot be reused."""
     min_dispatch_deadline: float = 15.0
     """Lower bound for Task.dispatch_deadline (production: 15 s; lower it for fast tests)."""
-    dispatch_workers: int = 64
+    dispatch_workers: int = 256
     """HTTP worker threads; also a global cap on attempts in flight across all queues."""
 
 
@@ -219,40 +219,79 @@ class _Dispatch:
     oauth: str | None = None
 
 
-class _WorkerPool:
-    """Daemon threads draining a queue of dispatches.
+_Item = TypeVar("_Item")
+
+
+class _WorkerPool(Generic[_Item]):
+    """Daemon threads draining a queue of dispatches, started only as concurrency needs them.
 
     Unlike ThreadPoolExecutor (whose threads the interpreter joins at exit) a worker stuck on
     a slow target for its whole dispatch deadline never delays shutdown, and there is no
-    Future per request.
+    Future per request. Fast targets are served by a few threads (fewer GIL hand-offs); slow
+    ones grow the pool up to ``max_workers``.
+
+    Accounting: every queued item has exactly one taker, either a worker waiting in ``get``
+    (``_waiting``, claimed by ``submit``), a newly started worker (its first item), or the next
+    worker to come back (``_unclaimed``, when the pool is at its cap).
     """
 
-    def __init__(self, workers: int, perform: Callable[[_Dispatch], None]) -> None:
-        self._queue: queue_module.SimpleQueue[_Dispatch | None] = queue_module.SimpleQueue()
+    def __init__(self, max_workers: int, perform: Callable[[_Item], None]) -> None:
+        self._queue: queue_module.SimpleQueue[_Item | None] = queue_module.SimpleQueue()
         self._perform = perform
-        self._threads = [
-            threading.Thread(target=self._run, name=f"cloudtasks-dispatch-{i}", daemon=True)
-            for i in range(workers)
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._max = max_workers
+        self._lock = threading.Lock()
+        self._waiting = 0
+        self._unclaimed = 0
+        self._stopped = False
+        self._threads: list[threading.Thread] = []
 
     def _run(self) -> None:
+        first = True  # a new worker's first item was accounted for when it was started
         while True:
+            if not first:
+                with self._lock:
+                    if self._unclaimed > 0:
+                        self._unclaimed -= 1
+                    else:
+                        self._waiting += 1
+            first = False
             item = self._queue.get()
             if item is None:
                 return
             self._perform(item)
 
-    def submit(self, dispatch: _Dispatch) -> None:
-        self._queue.put(dispatch)
+    def submit(self, item: _Item) -> None:
+        started: threading.Thread | None = None
+        with self._lock:
+            if self._stopped:
+                return
+            if self._waiting > 0:
+                self._waiting -= 1
+            elif len(self._threads) < self._max:
+                started = threading.Thread(
+                    target=self._run, name=f"cloudtasks-dispatch-{len(self._threads)}", daemon=True
+                )
+                self._threads.append(started)
+            else:
+                self._unclaimed += 1
+        self._queue.put(item)
+        if started is not None:
+            started.start()
+
+    @property
+    def size(self) -> int:
+        """Worker threads started so far."""
+        return len(self._threads)
 
     def stop(self, timeout: float = 1.0) -> None:
         """Ask every worker to finish; wait briefly for the idle ones (busy ones may linger)."""
-        for _ in self._threads:
+        with self._lock:
+            self._stopped = True
+            threads = list(self._threads)
+        for _ in threads:
             self._queue.put(None)
         deadline = time.monotonic() + timeout
-        for thread in self._threads:
+        for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
 
 
@@ -325,7 +364,7 @@ class Emulator:
         self._flight_lock = threading.Lock()
         self._global_in_flight = 0
         self._client = KeepAliveClient()
-        self._pool = _WorkerPool(config.dispatch_workers, self._perform)
+        self._pool: _WorkerPool[_Dispatch] = _WorkerPool(config.dispatch_workers, self._perform)
         self._dispatcher = threading.Thread(
             target=self._dispatch_loop, name="cloudtasks-dispatcher", daemon=True
         )

@@ -128,7 +128,7 @@ def start_server(
     tombstone_seconds: float = 3600.0,
     queue_tombstone_seconds: float = 7 * 86400.0,
     min_dispatch_deadline: float = 15.0,
-    dispatch_workers: int = 64,
+    dispatch_workers: int = 256,
     grpc_workers: int = DEFAULT_GRPC_WORKERS,
     grpc_asyncio: bool = True,
     log_stream: TextIO | None = sys.stdout,
