@@ -1,8 +1,8 @@
 """Driving select and fanout in-process against the real emulators and PostgreSQL.
 
 ``Core`` builds the use cases' real adapters on the stack (Firestore emulator, Pub/Sub emulator,
-Cloud Tasks emulator, the ledger database), publishes ticks' due messages through the real
-``dispatcher-due`` topic and pulls them from a test pull subscription, then runs fanout on each;
+Cloud Tasks emulator, the ledger database), publishes ticks' due messages through a real Pub/Sub
+topic and pulls them from a test pull subscription, then runs fanout on each;
 the Cloud Tasks emulator dispatches the tasks to the collector stub, whose records are the
 oracle together with the ledger.
 """
@@ -36,7 +36,12 @@ from shared.usecases.select_due import SelectDependencies, SelectResult, select_
 from tests.support.polling import wait_for
 from tests.support.stack import StackHandle
 
-DUE_PULL = "core-due-pull"
+# select publishes to a test topic with the same contract as dispatcher-due: the functions'
+# push subscription on dispatcher-due would otherwise fan the same messages out a second time
+# and, once a test wiped Firestore, dead-letter them into the next test's view. The push path is
+# covered end to end by tests/e2e/test_pipeline.py.
+DUE_TOPIC = "core-due-test"
+DUE_PULL = "core-due-test-pull"
 Key = tuple[str, str, str]
 
 
@@ -95,7 +100,7 @@ class Core:
             store=self.store,
             publisher=PubSubPublisher(
                 lambda: self.publisher_client,
-                self.settings.topic_path("dispatcher-due"),
+                self.settings.topic_path(DUE_TOPIC),
                 timeout=30.0,
             ),
         )
@@ -109,10 +114,12 @@ class Core:
         self.timings: dict[str, float] = {"select": 0.0, "fanout": 0.0}
         self.due_subscription = self.subscriber.subscription_path(self.settings.project, DUE_PULL)
         with contextlib.suppress(gexc.AlreadyExists):
+            self.publisher_client.create_topic(name=self.settings.topic_path(DUE_TOPIC))
+        with contextlib.suppress(gexc.AlreadyExists):
             self.subscriber.create_subscription(
                 request={
                     "name": self.due_subscription,
-                    "topic": self.settings.topic_path("dispatcher-due"),
+                    "topic": self.settings.topic_path(DUE_TOPIC),
                     "ack_deadline_seconds": 60,
                 }
             )
