@@ -45,9 +45,11 @@ class CloudTasksGateway:
         client_factory: Callable[[], tasks_v2.CloudTasksClient],
         *,
         timeout: float = CALL_TIMEOUT_SECONDS,
+        retry_budget: float = RETRY_BUDGET_SECONDS,
     ) -> None:
         self._client_factory = client_factory
         self._timeout = timeout
+        self._retry_budget = retry_budget
 
     def create(self, request: TaskRequest) -> CreateOutcome:
         """Create the task; ALREADY_EXISTS means an earlier attempt did, and is success."""
@@ -73,7 +75,7 @@ class CloudTasksGateway:
             predicate=gretry.if_exception_type(gexc.ServiceUnavailable, gexc.DeadlineExceeded),
             initial=0.1,
             maximum=1.0,
-            timeout=RETRY_BUDGET_SECONDS,
+            timeout=self._retry_budget,
         )
         try:
             self._client_factory().create_task(

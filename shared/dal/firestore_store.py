@@ -45,13 +45,13 @@ _TRANSIENT = gretry.if_exception_type(
 )
 
 
-def _retry() -> gretry.Retry:
+def _retry(budget: float) -> gretry.Retry:
     return gretry.Retry(
         predicate=_TRANSIENT,
         initial=0.1,
         maximum=1.0,
         multiplier=2.0,
-        timeout=RETRY_BUDGET_SECONDS,
+        timeout=budget,
     )
 
 
@@ -74,11 +74,13 @@ class FirestoreSubscriptionStore:
         *,
         collection: str = COLLECTION,
         timeout: float = CALL_TIMEOUT_SECONDS,
+        retry_budget: float = RETRY_BUDGET_SECONDS,
     ) -> None:
         self._client_factory = client_factory
         self._client: firestore.Client | None = None
         self._collection = collection
         self._timeout = timeout
+        self._retry_budget = retry_budget
 
     @property
     def client(self) -> firestore.Client:
@@ -122,14 +124,14 @@ class FirestoreSubscriptionStore:
 
     def _stream(self, query: Any) -> Iterator[Any]:
         """Every snapshot the query returns (one per document read; tests count here)."""
-        yield from query.stream(retry=_retry(), timeout=self._timeout)
+        yield from query.stream(retry=_retry(self._retry_budget), timeout=self._timeout)
 
     def get(self, subscription_id: str) -> StoredSubscription | None:
         """The document, or ``None`` if it does not exist. One document read."""
         ref = self.client.collection(self._collection).document(subscription_id)
         snapshot = _translate(
             f"get {subscription_id}",
-            lambda: ref.get(retry=_retry(), timeout=self._timeout),
+            lambda: ref.get(retry=_retry(self._retry_budget), timeout=self._timeout),
         )
         return self._record(snapshot) if snapshot.exists else None
 
@@ -166,7 +168,9 @@ class FirestoreSubscriptionStore:
         try:
             _translate(
                 f"advance {doc.id}",
-                lambda: ref.update(fields, option=option, retry=_retry(), timeout=self._timeout),
+                lambda: ref.update(
+                    fields, option=option, retry=_retry(self._retry_budget), timeout=self._timeout
+                ),
             )
         except DependencyUnavailableError as exc:
             cause = exc.__cause__
