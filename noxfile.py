@@ -56,4 +56,4 @@ def bench(session: nox.Session) -> None:
 
     for script in sorted(pathlib.Path("bench").glob("*.py")):
         if not script.name.startswith("_"):
-            session.run("python", str(script), *session.posargs)
+            session.run("python", "-m", f"bench.{script.stem}", *session.posargs)
