@@ -47,14 +47,17 @@ def test_expire_twice(caplog: pytest.LogCaptureFixture) -> None:
     later = NOW + timedelta(hours=2)
     assert run_job("expire", {"job": "expire"}, ctx(store, later, dry_run=True))["expired"] == 1
     assert store.docs["ends-soon"][0]["status"] == "active"
+    caplog.clear()
     with caplog.at_level(logging.INFO, logger="shared.usecases.maintenance"):
         first = run_job("expire", {"job": "expire"}, ctx(store, later))
+    # Taken inside the block: once another test has configured logging, records of the other
+    # runs would be captured too.
+    records = [r for r in caplog.records if getattr(r, "job", None) == "expire"]
     assert first == {"expired": 1, "conflicts": 0}
     assert store.docs["ends-soon"][0]["status"] == "expired"
     assert store.docs["ends-soon"][0]["next_run_at"] is None
     assert store.docs["forever"][0]["status"] == "active"
     assert run_job("expire", {"job": "expire"}, ctx(store, later))["expired"] == 0
-    records = [r for r in caplog.records if getattr(r, "job", None) == "expire"]
     assert len(records) == 1 and records[0].counts == {"expired": 1, "conflicts": 0}  # type: ignore[attr-defined]
 
 
