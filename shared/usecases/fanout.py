@@ -293,9 +293,9 @@ def fanout(
             **log,
             "decision": "dispatched" if not errors else "partially-dispatched",
             "run_id": run.id,
-            "created": result.created,
-            "already_done": result.already_done,
-            "failed": result.failed,
+            "created_sources": result.created,
+            "done_sources": result.already_done,
+            "failed_sources": result.failed,
         },
     )
     if errors:

@@ -129,6 +129,17 @@ def test_a_hand_typed_tick_reaches_the_collector_once_per_source(
     # next_run_at moved on, to the following slot.
     snapshot = firestore_client.collection("subscriptions").document("e2e-0").get()
     assert snapshot.to_dict()["next_run_at"] == SLOT + timedelta(minutes=5)
+    # fanout acked each due message with one decision line, and never failed on one of ours.
+    ours = [
+        line
+        for line in stack.log_lines("fn-fanout")
+        if str(line.get("subscription_id", "")).startswith("e2e-")
+    ]
+    assert [line for line in ours if line["severity"] == "ERROR"] == []
+    dispatched = Counter(
+        line["subscription_id"] for line in ours if line.get("decision") == "dispatched"
+    )
+    assert set(dispatched) == set(docs)
     # Nothing of ours was dead-lettered (other modules' leftovers may pass through the DLQs).
     assert [m for m in stack.pull("dispatcher-ticks-dlq-sub") if m.data == tick.encode()] == []
     assert [m for m in stack.pull("dispatcher-due-dlq-sub") if b'"e2e-' in m.data] == []

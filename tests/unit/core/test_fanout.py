@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -259,3 +260,16 @@ def test_the_default_jitter_applies_without_jitter_seconds(
     slot = datetime(2026, 1, 5, 9, tzinfo=UTC)
     expected = slot + jitter_offset("acme", slot, settings.default_jitter_seconds)
     assert {r.schedule_time for r in tasks.created.values()} == {expected}
+
+
+def test_one_structured_decision_line_per_due_message(
+    deps: FanoutDependencies, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)  # every extra field is built into a record
+    fanout(due(), message(), deps=deps)
+    fanout(due(), message(), deps=deps)
+    decisions = [r for r in caplog.records if hasattr(r, "decision")]
+    assert [r.__dict__["decision"] for r in decisions] == ["dispatched", "dispatched"]
+    assert {r.__dict__["subscription_id"] for r in decisions} == {"acme"}
+    assert [len(r.__dict__["created_sources"]) for r in decisions] == [3, 0]
+    assert [len(r.__dict__["done_sources"]) for r in decisions] == [0, 3]

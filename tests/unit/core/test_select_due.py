@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -273,3 +274,28 @@ def test_datetimes_in_messages_are_utc_rfc3339(
     tick(deps, "2026-03-08T03:00:00-04:00")
     assert published(publisher) == [("ny", "2026-03-08T07:00:00Z", "schedule")]
     assert store.docs["ny"]["next_run_at"] == datetime(2026, 3, 9, 7, 0, tzinfo=UTC)
+
+
+def test_every_decision_is_logged_with_its_subscription(
+    deps: SelectDependencies,
+    store: FakeSubscriptionStore,
+    publisher: FakePublisher,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)  # every extra field is built into a record
+    add(store, "acme", utc("2026-01-05T09:00"))
+    add(store, "ending", utc("2026-01-05T09:00"), ends_at=utc("2026-01-05T09:05"))
+    add(store, "broken", utc("2026-01-05T09:00"))
+    store.docs["broken"]["schedule"] = {"every": 61}
+    tick(deps, "2026-01-05T09:00:00Z")
+    decisions = {
+        (r.__dict__["subscription_id"], r.__dict__["decision"])
+        for r in caplog.records
+        if hasattr(r, "subscription_id")
+    }
+    assert decisions == {
+        ("acme", "publish"),
+        ("ending", "publish"),
+        ("ending", "expired"),
+        ("broken", "invalid"),
+    }
