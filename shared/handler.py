@@ -206,6 +206,10 @@ def handle_push_request(
     and keeps ``subscription`` and ``deliveryAttempt``. Returns ``(body, status)``.
     """
     _ensure_logging()
+    if request.method != "POST":
+        # Pub/Sub only POSTs. A GET is a health probe or a browser, not a message: answering
+        # 405 keeps it out of the dead-letter topic.
+        return "method not allowed", 405
     route = route or _route(topic, function)
     refusal = authorize_push(request.headers.get("Authorization"), request.host, route)
     if refusal is not None:

@@ -239,3 +239,13 @@ def test_real_routes_come_from_topics_yaml() -> None:
     assert route.max_payload_bytes > 0
     with pytest.raises(LookupError):
         handler.resolve_route("dispatcher-due", "select")
+
+
+def test_a_get_is_not_a_message_and_is_neither_processed_nor_dead_lettered() -> None:
+    # Health probes and browsers GET the function; only Pub/Sub's POSTs carry messages.
+    from tests.unit.contracts.conftest import client
+    from tests.unit.contracts.recorder import DEAD_LETTERS, USE_CASES
+
+    response = client("http_fanout").get("/")
+    assert response.status_code == 405
+    assert USE_CASES.calls == [] and DEAD_LETTERS.published == []
