@@ -1,28 +1,36 @@
-"""The ``subscriptions`` collection in Firestore: the due query, conditional advances, one get.
+"""The ``subscriptions`` collection in Firestore, for every consumer.
+
+select reads the due query and advances conditionally, fanout reads one document, and the admin,
+maintenance and sync code create, replace, update, delete and page. Each consumer depends on its
+own narrow Protocol (:class:`shared.usecases.select_due.SubscriptionStore`,
+:class:`shared.usecases.fanout.SubscriptionReader`, :class:`shared.ops.store.SubscriptionStore`);
+this one class implements all of them.
+
+Writes that depend on what was read are conditional on the document's update time (Firestore's
+``last_update_time`` precondition), never blind read-then-write: a lost race is reported
+(``advance`` returns False, the admin writes raise :class:`~shared.dal.records.StoreConflict`).
 
 Every call carries an explicit timeout and a short retry budget, so a Firestore outage (or a dead
 emulator) fails the invocation quickly with a :class:`~shared.errors.RetryableError` instead of
 hanging past the push subscription's ack deadline.
 
-The due query is exactly the composite index Terraform declares for the collection::
-
-    shard ==, status ==, paused ==, next_run_at <=   order by next_run_at
-
-so it reads only due documents, never the collection.
+The due query (:mod:`shared.dal.due_query`) is exactly the composite index Terraform declares for
+the collection, so it reads only due documents, never the collection.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from google.api_core import exceptions as gexc
 from google.api_core import retry as gretry
 
-from shared.dal.records import StoredSubscription
+from shared.dal.due_query import due_query
+from shared.dal.records import AlreadyExists, StoreConflict, StoredSubscription
 from shared.errors import DependencyTimeoutError, DependencyUnavailableError
 
 if TYPE_CHECKING:
@@ -65,6 +73,15 @@ def _translate(action: str, call: Callable[[], _T]) -> _T:
         raise DependencyUnavailableError(DEPENDENCY, f"{action}: {exc}") from exc
 
 
+# What a conditional write answers when the document changed or vanished since it was read.
+# (Aborted, contention, is retried with the transient errors; the precondition still holds.)
+_CONFLICTS: Final = (gexc.FailedPrecondition, gexc.NotFound)
+
+
+def _conflict(exc: DependencyUnavailableError, kinds: tuple[type[Exception], ...]) -> bool:
+    return isinstance(exc.__cause__, kinds)
+
+
 class FirestoreSubscriptionStore:
     """Reads and conditional writes on ``subscriptions``; the client is built on first use."""
 
@@ -103,17 +120,7 @@ class FirestoreSubscriptionStore:
         ``after`` is the last document of the previous page: paging resumes after its
         (``next_run_at``, id) position, so documents advanced meanwhile simply drop out.
         """
-        from google.cloud.firestore_v1.base_query import FieldFilter
-
-        query: Any = (
-            self.client.collection(self._collection)
-            .where(filter=FieldFilter("shard", "==", shard))
-            .where(filter=FieldFilter("status", "==", "active"))
-            .where(filter=FieldFilter("paused", "==", False))
-            .where(filter=FieldFilter("next_run_at", "<=", tick_time))
-            .order_by("next_run_at")
-            .limit(limit)
-        )
+        query: Any = due_query(self.client.collection(self._collection), shard, tick_time, limit)
         if after is not None and after.cursor is not None:
             query = query.start_after(after.cursor)
 
@@ -128,12 +135,44 @@ class FirestoreSubscriptionStore:
 
     def get(self, subscription_id: str) -> StoredSubscription | None:
         """The document, or ``None`` if it does not exist. One document read."""
-        ref = self.client.collection(self._collection).document(subscription_id)
+        ref = self._ref(subscription_id)
         snapshot = _translate(
             f"get {subscription_id}",
             lambda: ref.get(retry=_retry(self._retry_budget), timeout=self._timeout),
         )
         return self._record(snapshot) if snapshot.exists else None
+
+    def page(self, page_size: int, after: str | None = None) -> list[StoredSubscription]:
+        """Up to ``page_size`` documents in id order, starting after id ``after``."""
+        from google.cloud.firestore_v1.field_path import FieldPath
+
+        query: Any = (
+            self.client.collection(self._collection)
+            .order_by(FieldPath.document_id())
+            .limit(page_size)
+        )
+        if after is not None:
+            query = query.start_after({FieldPath.document_id(): self._ref(after)})
+        return _translate(
+            f"page after {after!r}", lambda: [self._record(s) for s in self._stream(query)]
+        )
+
+    def active_ending_by(self, instant: datetime, limit: int) -> list[StoredSubscription]:
+        """Up to ``limit`` documents with ``status == "active"`` and ``ends_at <= instant``."""
+        from google.cloud.firestore_v1.base_query import FieldFilter
+
+        query: Any = (
+            self.client.collection(self._collection)
+            .where(filter=FieldFilter("status", "==", "active"))
+            .where(filter=FieldFilter("ends_at", "<=", instant))
+            .limit(limit)
+        )
+        return _translate(
+            "active ending query", lambda: [self._record(s) for s in self._stream(query)]
+        )
+
+    def _ref(self, subscription_id: str) -> Any:
+        return self.client.collection(self._collection).document(subscription_id)
 
     @staticmethod
     def _record(snapshot: Any) -> StoredSubscription:
@@ -159,7 +198,7 @@ class FirestoreSubscriptionStore:
         fields: dict[str, Any] = {"next_run_at": next_run_at, "updated_at": now}
         if expired:
             fields = {"status": "expired", "next_run_at": None, "updated_at": now}
-        ref = self.client.collection(self._collection).document(doc.id)
+        ref = self._ref(doc.id)
         option = (
             self.client.write_option(last_update_time=doc.update_time)
             if doc.update_time is not None
@@ -173,8 +212,92 @@ class FirestoreSubscriptionStore:
                 ),
             )
         except DependencyUnavailableError as exc:
-            cause = exc.__cause__
-            if isinstance(cause, gexc.FailedPrecondition | gexc.NotFound):
+            if _conflict(exc, _CONFLICTS):
+                return False
+            raise
+        return True
+
+    def create(self, subscription_id: str, data: Mapping[str, Any]) -> None:
+        """Create the document; :class:`AlreadyExists` if it is there."""
+        ref = self._ref(subscription_id)
+        try:
+            _translate(
+                f"create {subscription_id}",
+                lambda: ref.create(
+                    dict(data), retry=_retry(self._retry_budget), timeout=self._timeout
+                ),
+            )
+        except DependencyUnavailableError as exc:
+            if _conflict(exc, (gexc.Conflict,)):  # AlreadyExists is a Conflict
+                raise AlreadyExists(f"subscription {subscription_id!r} already exists") from exc
+            raise
+
+    def replace(
+        self, subscription_id: str, data: Mapping[str, Any], *, if_updated_at: datetime | None
+    ) -> None:
+        """Overwrite the document, only if unchanged since ``if_updated_at`` (its update time);
+        ``None`` means it must not exist yet (a create)."""
+        if if_updated_at is None:
+            self.create(subscription_id, data)
+            return
+        from google.cloud import firestore
+
+        # set() takes no precondition: an update() of every top-level field under the
+        # precondition is the conditional overwrite, plus deleting the fields the new document
+        # no longer has. Should the document change between this read and the update, the
+        # precondition rejects the update.
+        current = self.get(subscription_id)
+        fields: dict[str, Any] = dict(data)
+        if current is not None:
+            for key in current.data:
+                if key not in fields:
+                    fields[key] = firestore.DELETE_FIELD
+        self._conditional_update(subscription_id, fields, if_updated_at)
+
+    def update(
+        self, subscription_id: str, fields: Mapping[str, Any], *, if_updated_at: datetime | None
+    ) -> None:
+        """Set some fields, only if unchanged since ``if_updated_at`` (else :class:`StoreConflict`).
+
+        ``if_updated_at=None`` still requires the document to exist.
+        """
+        self._conditional_update(subscription_id, dict(fields), if_updated_at)
+
+    def _conditional_update(
+        self, subscription_id: str, fields: dict[str, Any], if_updated_at: datetime | None
+    ) -> None:
+        ref = self._ref(subscription_id)
+        # No option: update() itself requires the document to exist.
+        option = (
+            self.client.write_option(last_update_time=if_updated_at)
+            if if_updated_at is not None
+            else None
+        )
+        try:
+            _translate(
+                f"update {subscription_id}",
+                lambda: ref.update(
+                    fields, option=option, retry=_retry(self._retry_budget), timeout=self._timeout
+                ),
+            )
+        except DependencyUnavailableError as exc:
+            if _conflict(exc, _CONFLICTS):
+                raise StoreConflict(f"subscription {subscription_id!r} changed meanwhile") from exc
+            raise
+
+    def delete(self, subscription_id: str) -> bool:
+        """Delete the document; False when there was none (one write, no read)."""
+        ref = self._ref(subscription_id)
+        option = self.client.write_option(exists=True)
+        try:
+            _translate(
+                f"delete {subscription_id}",
+                lambda: ref.delete(
+                    option=option, retry=_retry(self._retry_budget), timeout=self._timeout
+                ),
+            )
+        except DependencyUnavailableError as exc:
+            if _conflict(exc, (gexc.NotFound,)):
                 return False
             raise
         return True

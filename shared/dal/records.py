@@ -1,4 +1,5 @@
-"""Plain values that cross the boundary between the use cases and the data-access adapters.
+"""Plain values (and the store's two outcome errors) that cross the boundary between the use
+cases and the data-access adapters.
 
 No Google client is imported here: the use cases and their unit-test fakes depend on these
 values only.
@@ -11,7 +12,21 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-__all__ = ["OutboundMessage", "StoredSubscription", "TaskRequest"]
+__all__ = [
+    "AlreadyExists",
+    "OutboundMessage",
+    "StoreConflict",
+    "StoredSubscription",
+    "TaskRequest",
+]
+
+
+class StoreConflict(RuntimeError):  # noqa: N818 - a state, like the Firestore error it wraps
+    """The document changed (or appeared, or vanished) since it was read: read again, retry."""
+
+
+class AlreadyExists(RuntimeError):  # noqa: N818 - mirrors google.api_core's name
+    """A create found a document with that id."""
 
 
 @dataclass(frozen=True)

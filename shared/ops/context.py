@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 if TYPE_CHECKING:
     from shared.config import Settings
+    from shared.dal.firestore_store import FirestoreSubscriptionStore
     from shared.ledger.repository import Ledger
-    from shared.ops.store import FirestoreSubscriptionStore
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -43,10 +43,10 @@ class OpsContext:
 
     def store(self) -> FirestoreSubscriptionStore:
         """The subscriptions collection."""
-        from shared.ops.store import FirestoreSubscriptionStore
+        from shared.dal.firestore_store import FirestoreSubscriptionStore
 
         store: FirestoreSubscriptionStore = self._get(
-            "store", lambda: FirestoreSubscriptionStore(self.firestore())
+            "store", lambda: FirestoreSubscriptionStore(self.firestore)
         )
         return store
 
@@ -114,10 +114,14 @@ def friendly_errors(func: Callable[P, R]) -> Callable[P, R]:
         from google.api_core import exceptions as gexc
 
         from shared.cli.common import CliError, known_error
-        from shared.errors import SchemaValidationError
+        from shared.dal.records import StoreConflict
+        from shared.errors import (
+            DependencyTimeoutError,
+            DependencyUnavailableError,
+            SchemaValidationError,
+        )
         from shared.ledger.repository import LedgerError
         from shared.ops.deadletters import DeadLetterError
-        from shared.ops.store import StoreConflict
         from shared.ops.subscriptions import SubscriptionInputError, SubscriptionNotFound
         from shared.subscription import InvalidSubscription
 
@@ -137,6 +141,14 @@ def friendly_errors(func: Callable[P, R]) -> Callable[P, R]:
         except psycopg.OperationalError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CliError(f"cannot reach the ledger database: {first}") from exc
+        except DependencyTimeoutError as exc:
+            # The store retries briefly itself, then reports the timeout this way.
+            raise CliError(
+                f"a Google API did not answer in time ({exc.message}); is the emulator or "
+                "the network up, and the project right?"
+            ) from exc
+        except DependencyUnavailableError as exc:
+            raise CliError(exc.message) from exc
         except gexc.RetryError as exc:
             raise CliError(
                 f"a Google API did not answer in time ({exc.cause or exc}); is the emulator or "

@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from shared.contracts import get_contract
+from shared.dal.records import AlreadyExists, StoreConflict, StoredSubscription
 from shared.errors import SchemaValidationError
-from shared.ops.store import AlreadyExists, StoreConflict, StoredDocument, SubscriptionStore
+from shared.ops.store import SubscriptionStore
 from shared.scheduling import next_run_for
 from shared.subscription import InvalidSubscription, Subscription, shard_for
 
@@ -207,7 +208,7 @@ def build_document(
     now: datetime,
     shard_count: int,
     known_kinds: Iterable[str] | None = None,
-    existing: StoredDocument | None = None,
+    existing: StoredSubscription | None = None,
     origin: str | None = None,
 ) -> tuple[Subscription, dict[str, Any]]:
     """Validate typed input and complete it into the document to store (Firestore form).
@@ -291,7 +292,7 @@ def _replace(subscription: Subscription, **changes: Any) -> Subscription:
     return replace(subscription, **changes)
 
 
-def parse_stored(document: StoredDocument) -> Subscription:
+def parse_stored(document: StoredSubscription) -> Subscription:
     """The :class:`Subscription` of a stored document (``InvalidSubscription`` if malformed)."""
     return Subscription.from_document(document.id, document.data)
 

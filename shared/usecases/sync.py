@@ -14,9 +14,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from shared.dal.records import StoredSubscription
 from shared.envelope import PushMessage
 from shared.ops import runtime
-from shared.ops.store import StoredDocument, SubscriptionStore, iter_all
+from shared.ops.store import SubscriptionStore, iter_all
 
 if TYPE_CHECKING:
     from shared.ledger.repository import Ledger, MirrorDoc
@@ -90,7 +91,7 @@ def run_sync(
     return counts
 
 
-def _mirror_doc(doc: StoredDocument) -> MirrorDoc:
+def _mirror_doc(doc: StoredSubscription) -> MirrorDoc:
     from shared.ledger.repository import MirrorDoc
 
     return MirrorDoc.from_document(doc.id, dict(doc.data), updated_at=doc.update_time)

@@ -1,4 +1,4 @@
-"""In-memory stand-ins for the Protocols select and fanout depend on.
+"""In-memory stand-ins for the Protocols select, fanout and the ops use cases depend on.
 
 They keep the semantics the real adapters promise (the due query's filters and order, writes
 conditioned on the version read, the ledger's claim states, ALREADY_EXISTS for a known task
@@ -14,10 +14,16 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from shared.dal.records import OutboundMessage, StoredSubscription, TaskRequest
+from shared.dal.records import (
+    AlreadyExists,
+    OutboundMessage,
+    StoreConflict,
+    StoredSubscription,
+    TaskRequest,
+)
 from shared.envelope import PushMessage
 from shared.errors import DependencyUnavailableError
-from shared.ledger.repository import Claim, RunRef, SourceSpec
+from shared.ledger.repository import Claim, DispatchRow, RunRef, SourceSpec
 
 BASE_VERSION = datetime(2020, 1, 1, tzinfo=UTC)
 
@@ -30,7 +36,13 @@ def message(
 
 
 class FakeSubscriptionStore:
-    """Documents with a version counter standing in for Firestore's update_time."""
+    """Documents with a version counter standing in for Firestore's update_time.
+
+    The one in-memory store of the unit tests: select's due query and conditional advance,
+    fanout's get, and the admin/maintenance/sync CRUD with the same preconditions as
+    :class:`shared.dal.firestore_store.FirestoreSubscriptionStore`. Tests may edit ``docs``
+    directly (that does not bump the version, like a write the code under test never saw).
+    """
 
     def __init__(self) -> None:
         self.docs: dict[str, dict[str, Any]] = {}
@@ -104,6 +116,63 @@ class FakeSubscriptionStore:
         with self.lock:
             self.reads += 1
             return self._stored(subscription_id) if subscription_id in self.docs else None
+
+    # -- the ops side (shared.ops.store.SubscriptionStore) ----------------------------------------
+
+    def _check(self, subscription_id: str, if_updated_at: datetime | None) -> dict[str, Any]:
+        if subscription_id not in self.docs or (
+            if_updated_at is not None and self._stored(subscription_id).update_time != if_updated_at
+        ):
+            raise StoreConflict(f"subscription {subscription_id!r} changed meanwhile")
+        return self.docs[subscription_id]
+
+    def create(self, subscription_id: str, data: Mapping[str, Any]) -> None:
+        with self.lock:
+            if subscription_id in self.docs:
+                raise AlreadyExists(f"subscription {subscription_id!r} already exists")
+        self.put(subscription_id, data)
+
+    def replace(
+        self, subscription_id: str, data: Mapping[str, Any], *, if_updated_at: datetime | None
+    ) -> None:
+        if if_updated_at is None:
+            self.create(subscription_id, data)
+            return
+        with self.lock:
+            self._check(subscription_id, if_updated_at)
+        self.put(subscription_id, data)
+
+    def update(
+        self, subscription_id: str, fields: Mapping[str, Any], *, if_updated_at: datetime | None
+    ) -> None:
+        with self.lock:
+            current = self._check(subscription_id, if_updated_at)
+        self.put(subscription_id, {**current, **fields})
+
+    def delete(self, subscription_id: str) -> bool:
+        # The version survives the delete: an update_time read before it never matches again.
+        with self.lock:
+            return self.docs.pop(subscription_id, None) is not None
+
+    def page(self, page_size: int, after: str | None = None) -> list[StoredSubscription]:
+        with self.lock:
+            self.queries += 1
+            ids = sorted(i for i in self.docs if after is None or i > after)[:page_size]
+            self.reads += len(ids)
+            return [self._stored(i) for i in ids]
+
+    def active_ending_by(self, instant: datetime, limit: int) -> list[StoredSubscription]:
+        with self.lock:
+            self.queries += 1
+            found = [
+                self._stored(i)
+                for i, d in sorted(self.docs.items())
+                if d.get("status") == "active"
+                and isinstance(d.get("ends_at"), datetime)
+                and d["ends_at"] <= instant
+            ][:limit]
+            self.reads += len(found)
+            return found
 
 
 class FakePublisher:
@@ -205,6 +274,35 @@ class FakeLedger:
                 row.claim = replace(row.claim, state="created")
                 changed += 1
         return changed
+
+    def mark_created(self, dispatch_id: int) -> bool:
+        return self.mark_created_many([dispatch_id]) == 1
+
+    def stuck_dispatches(self, older_than: timedelta, limit: int = 1000) -> list[DispatchRow]:
+        """Every claimed or failed row, by id (the fake has no clock: ``older_than`` is moot)."""
+        stuck = sorted(
+            (r for r in self.rows.values() if r.claim.state in ("claimed", "failed")),
+            key=lambda r: r.claim.dispatch_id,
+        )
+        return [
+            DispatchRow(
+                id=r.claim.dispatch_id,
+                run_id=r.claim.run_id,
+                subscription_id=r.claim.subscription_id,
+                slot=r.claim.slot,
+                source_id=r.claim.source_id,
+                source_kind=r.claim.source_kind,
+                task_name=r.claim.task_name,
+                queue=r.claim.queue,
+                state=r.claim.state,
+                attempts=r.claim.attempts,
+                last_error=r.error,
+                claimed_at=r.claim.slot,
+                created_at=None,
+                updated_at=r.claim.slot,
+            )
+            for r in stuck[:limit]
+        ]
 
     def mark_failed(self, dispatch_id: int, error: str) -> bool:
         row = self._by_id(dispatch_id)

@@ -333,8 +333,8 @@ def test_due_query_index_matches_the_query_fields() -> None:
 
 
 def test_the_due_query_uses_the_indexed_fields_in_index_order() -> None:
-    """shared/dal/firestore_store.py's query: equalities in index order, then the range field."""
-    source = (ROOT / "shared" / "dal" / "firestore_store.py").read_text()
+    """shared/dal/due_query.py's query: equalities in index order, then the range field."""
+    source = (ROOT / "shared" / "dal" / "due_query.py").read_text()
     filters = re.findall(r'FieldFilter\("([a-z_]+)", "([=<>!]+)"', source)
     order_by = re.findall(r'\.order_by\("([a-z_]+)"', source)
     equalities = [field for field, op in filters if op == "=="]

@@ -10,16 +10,16 @@ import pytest
 
 from shared.config import load_settings
 from shared.errors import InvalidRequestError
-from shared.ops.store import MemorySubscriptionStore
 from shared.ops.subscriptions import write_subscription
 from shared.usecases.maintenance import JobContext, run_job
+from tests.unit.core.fakes import FakeSubscriptionStore
 
 NOW = datetime(2026, 3, 7, 9, 0, 30, tzinfo=UTC)
 SETTINGS = load_settings(environ={})
 
 
-def seeded() -> MemorySubscriptionStore:
-    store = MemorySubscriptionStore()
+def seeded() -> FakeSubscriptionStore:
+    store = FakeSubscriptionStore()
     for sub_id, extra in (
         ("ends-soon", {"ends_at": "2026-03-07T10:00:00Z"}),
         ("forever", {}),
@@ -35,7 +35,7 @@ def seeded() -> MemorySubscriptionStore:
     return store
 
 
-def ctx(store: MemorySubscriptionStore, now: datetime, dry_run: bool = False) -> JobContext:
+def ctx(store: FakeSubscriptionStore, now: datetime, dry_run: bool = False) -> JobContext:
     def no_ledger() -> Any:
         raise AssertionError("these jobs do not touch the ledger")
 
@@ -46,7 +46,7 @@ def test_expire_twice(caplog: pytest.LogCaptureFixture) -> None:
     store = seeded()
     later = NOW + timedelta(hours=2)
     assert run_job("expire", {"job": "expire"}, ctx(store, later, dry_run=True))["expired"] == 1
-    assert store.docs["ends-soon"][0]["status"] == "active"
+    assert store.docs["ends-soon"]["status"] == "active"
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="shared.usecases.maintenance"):
         first = run_job("expire", {"job": "expire"}, ctx(store, later))
@@ -54,21 +54,21 @@ def test_expire_twice(caplog: pytest.LogCaptureFixture) -> None:
     # runs would be captured too.
     records = [r for r in caplog.records if getattr(r, "job", None) == "expire"]
     assert first == {"expired": 1, "conflicts": 0}
-    assert store.docs["ends-soon"][0]["status"] == "expired"
-    assert store.docs["ends-soon"][0]["next_run_at"] is None
-    assert store.docs["forever"][0]["status"] == "active"
+    assert store.docs["ends-soon"]["status"] == "expired"
+    assert store.docs["ends-soon"]["next_run_at"] is None
+    assert store.docs["forever"]["status"] == "active"
     assert run_job("expire", {"job": "expire"}, ctx(store, later))["expired"] == 0
     assert len(records) == 1 and records[0].counts == {"expired": 1, "conflicts": 0}  # type: ignore[attr-defined]
 
 
 def test_recompute_fixes_stale_and_shard_then_changes_nothing() -> None:
     store = seeded()
-    data, _ = store.docs["forever"]
+    data = dict(store.docs["forever"])
     store.update("forever", {"next_run_at": None, "shard": 99}, if_updated_at=None)
     later = NOW + timedelta(minutes=20)
     counts = run_job("recompute-next-run", {"job": "recompute-next-run"}, ctx(store, later))
     assert counts["updated"] == 1 and counts["skipped"] == 1  # the paused one
-    fixed = store.docs["forever"][0]
+    fixed = store.docs["forever"]
     assert fixed["next_run_at"] == datetime(2026, 3, 7, 9, 30, tzinfo=UTC)
     assert fixed["shard"] == data["shard"]
     again = run_job("recompute-next-run", {"job": "recompute-next-run"}, ctx(store, later))
@@ -77,4 +77,4 @@ def test_recompute_fixes_stale_and_shard_then_changes_nothing() -> None:
 
 def test_unknown_job_is_permanent() -> None:
     with pytest.raises(InvalidRequestError):
-        run_job("defragment", {}, ctx(MemorySubscriptionStore(), NOW))
+        run_job("defragment", {}, ctx(FakeSubscriptionStore(), NOW))

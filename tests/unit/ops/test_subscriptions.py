@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from shared.ops.store import MemorySubscriptionStore
 from shared.ops.subscriptions import (
     SubscriptionInputError,
     SubscriptionNotFound,
@@ -20,6 +19,7 @@ from shared.ops.subscriptions import (
     write_subscription,
 )
 from shared.subscription import Subscription, shard_for
+from tests.unit.core.fakes import FakeSubscriptionStore
 
 NOW = datetime(2026, 3, 7, 9, 0, 30, tzinfo=UTC)
 KINDS = ["rss", "news-api"]
@@ -95,26 +95,26 @@ def test_validate_candidates_reports_every_problem_and_duplicates() -> None:
 
 
 def test_pause_clears_next_run_and_resume_starts_from_now() -> None:
-    store = MemorySubscriptionStore()
+    store = FakeSubscriptionStore()
     hourly = raw(schedule={"every": 3600})
     write_subscription(store, "acme", hourly, now=lambda: NOW, shard_count=4, known_kinds=KINDS)
-    assert store.docs["acme"][0]["next_run_at"] == datetime(2026, 3, 7, 10, tzinfo=UTC)
+    assert store.docs["acme"]["next_run_at"] == datetime(2026, 3, 7, 10, tzinfo=UTC)
 
     paused = set_paused(store, "acme", True, now=lambda: NOW)
-    assert paused.changed and store.docs["acme"][0]["next_run_at"] is None
+    assert paused.changed and store.docs["acme"]["next_run_at"] is None
     assert not set_paused(store, "acme", True, now=lambda: NOW).changed  # idempotent
 
     later = NOW + timedelta(hours=5, minutes=10)  # 14:10:30: 10:00 .. 14:00 passed while paused
     resumed = set_paused(store, "acme", False, now=lambda: later)
     assert resumed.changed and resumed.next_run_at == datetime(2026, 3, 7, 15, tzinfo=UTC)
-    assert store.docs["acme"][0]["next_run_at"] == resumed.next_run_at
-    assert store.docs["acme"][0]["paused"] is False
+    assert store.docs["acme"]["next_run_at"] == resumed.next_run_at
+    assert store.docs["acme"]["paused"] is False
     with pytest.raises(SubscriptionNotFound):
         set_paused(store, "nope", True, now=lambda: NOW)
 
 
 def test_resume_after_ends_at_expires() -> None:
-    store = MemorySubscriptionStore()
+    store = FakeSubscriptionStore()
     write_subscription(
         store,
         "acme",
@@ -125,14 +125,14 @@ def test_resume_after_ends_at_expires() -> None:
     )
     result = set_paused(store, "acme", False, now=lambda: NOW + timedelta(hours=4))
     assert (result.status, result.next_run_at) == ("expired", None)
-    assert store.docs["acme"][0]["status"] == "expired"
+    assert store.docs["acme"]["status"] == "expired"
 
 
 def test_replace_keeps_created_at_and_pending_slots() -> None:
-    store = MemorySubscriptionStore()
+    store = FakeSubscriptionStore()
     every = raw(schedule={"every": 900})
     write_subscription(store, "acme", every, now=lambda: NOW, shard_count=4, known_kinds=KINDS)
-    created = store.docs["acme"][0]["created_at"]
+    created = store.docs["acme"]["created_at"]
     later = NOW + timedelta(hours=1)
     # The tick has not advanced next_run_at (09:15) yet: a schedule edit must not skip that gap.
     result = write_subscription(
@@ -145,8 +145,8 @@ def test_replace_keeps_created_at_and_pending_slots() -> None:
         replace=True,
     )
     assert result.action == "replaced"
-    assert store.docs["acme"][0]["created_at"] == created
-    assert store.docs["acme"][0]["next_run_at"] == datetime(2026, 3, 7, 9, 30, tzinfo=UTC)
+    assert store.docs["acme"]["created_at"] == created
+    assert store.docs["acme"]["next_run_at"] == datetime(2026, 3, 7, 9, 30, tzinfo=UTC)
     again = write_subscription(
         store,
         "acme",
