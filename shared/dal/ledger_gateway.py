@@ -1,16 +1,17 @@
-"""The ledger as fanout uses it: the repository's calls with database failures made retryable."""
+"""The ledger as fanout and maintenance ``reconcile`` use it: the repository's calls with database
+failures made retryable."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 import psycopg
 from psycopg_pool import PoolTimeout
 
 from shared.errors import DependencyTimeoutError, DependencyUnavailableError
-from shared.ledger.repository import Claim, Ledger, RunRef, SourceSpec
+from shared.ledger.repository import Claim, DispatchRow, Ledger, RunRef, SourceSpec
 
 __all__ = ["LedgerGateway"]
 
@@ -59,3 +60,33 @@ class LedgerGateway:
     def mark_failed(self, dispatch_id: int, error: str) -> bool:
         """See :meth:`Ledger.mark_failed`."""
         return _guard("mark_failed", lambda: self._factory().mark_failed(dispatch_id, error))
+
+    def mark_created(self, dispatch_id: int) -> bool:
+        """See :meth:`Ledger.mark_created`."""
+        return _guard("mark_created", lambda: self._factory().mark_created(dispatch_id))
+
+    def stuck_dispatches(self, older_than: timedelta, limit: int) -> list[DispatchRow]:
+        """See :meth:`Ledger.stuck_dispatches`."""
+        return _guard(
+            "stuck_dispatches", lambda: self._factory().stuck_dispatches(older_than, limit)
+        )
+
+    def run_reasons(self, run_ids: Sequence[int]) -> dict[int, str]:
+        """The reason of each run (a run pruned meanwhile is absent), in one query.
+
+        A dispatch row does not repeat its run's reason, which the collector body carries.
+        """
+        if not run_ids:
+            return {}
+
+        def query() -> dict[int, str]:
+            pool = self._factory().pool
+            if pool.closed:
+                pool.open()
+            with pool.connection() as conn:
+                rows = conn.execute(
+                    "SELECT id, reason FROM runs WHERE id = ANY(%s)", (list(run_ids),)
+                ).fetchall()
+            return {int(row[0]): str(row[1]) for row in rows}
+
+        return _guard("run_reasons", query)

@@ -16,6 +16,7 @@ from shared.errors import DependencyTimeoutError, DependencyUnavailableError
 if TYPE_CHECKING:
     from shared.ledger.repository import Ledger
     from shared.ops.store import SubscriptionStore
+    from shared.usecases.fanout import TaskGateway
 
 
 class _Deps:
@@ -23,6 +24,7 @@ class _Deps:
         self.store: SubscriptionStore | None = None
         self.ledger: Ledger | None = None
         self.clock: Callable[[], datetime] | None = None
+        self.tasks: TaskGateway | None = None
 
 
 _deps = _Deps()
@@ -38,6 +40,11 @@ def set_ledger(ledger: Ledger | None) -> None:
     _deps.ledger = ledger
 
 
+def set_tasks(tasks: TaskGateway | None) -> None:
+    """Use ``tasks`` to create Cloud Tasks (tests); ``None`` restores the real gateway."""
+    _deps.tasks = tasks
+
+
 def set_clock(clock: Callable[[], datetime] | None) -> None:
     """Use ``clock`` for "now" (tests); ``None`` restores the wall clock."""
     _deps.clock = clock
@@ -47,10 +54,20 @@ def store() -> SubscriptionStore:
     """The subscription store (Firestore, project from the settings)."""
     if _deps.store is None:
         from shared.clients import firestore_client
-        from shared.ops.store import FirestoreSubscriptionStore
+        from shared.dal.firestore_store import FirestoreSubscriptionStore
 
-        _deps.store = FirestoreSubscriptionStore(firestore_client())
+        _deps.store = FirestoreSubscriptionStore(firestore_client)
     return _deps.store
+
+
+def tasks() -> TaskGateway:
+    """Creates Cloud Tasks (the emulator's when configured), with fanout's timeouts."""
+    if _deps.tasks is None:
+        from shared.clients import tasks_client
+        from shared.dal.cloud_tasks import CloudTasksGateway
+
+        _deps.tasks = CloudTasksGateway(tasks_client)
+    return _deps.tasks
 
 
 def ledger() -> Ledger:

@@ -66,7 +66,9 @@ __all__ = [
     "TaskGateway",
     "TasksNotCreatedError",
     "UnknownSourceKindError",
+    "build_task_request",
     "fanout",
+    "skip_reason",
 ]
 
 logger = logging.getLogger(__name__)
@@ -222,7 +224,7 @@ def fanout(
     except InvalidSubscription as exc:
         raise InvalidSubscriptionDocumentError(subscription_id, exc) from exc
 
-    skip = _skip_reason(subscription, slot, reason)
+    skip = skip_reason(subscription, slot, reason)
     if skip is not None:
         result.skipped = skip
         logger.info(
@@ -307,7 +309,8 @@ def fanout(
     return result
 
 
-def _skip_reason(subscription: Subscription, slot: datetime, reason: str) -> str | None:
+def skip_reason(subscription: Subscription, slot: datetime, reason: str) -> str | None:
+    """Why a (subscription, slot, reason) is not dispatched now, or ``None`` (module doc, 2.)."""
     if subscription.ends_at is not None and slot >= subscription.ends_at:
         return "slot at or after ends_at"
     # select marks a subscription expired right after publishing its last slot, so a scheduled
@@ -343,7 +346,39 @@ def _task_request(
     run: RunRef,
     now: datetime,
 ) -> TaskRequest:
-    slot = claim.slot.astimezone(UTC)
+    return build_task_request(
+        settings,
+        subscription,
+        source=source,
+        slot=claim.slot,
+        task_name=claim.task_name,
+        queue=claim.queue,
+        reason=run.reason,
+        run_id=run.id,
+        now=now,
+    )
+
+
+def build_task_request(
+    settings: Settings,
+    subscription: Subscription,
+    *,
+    source: Source,
+    slot: datetime,
+    task_name: str,
+    queue: str,
+    reason: str,
+    run_id: int,
+    now: datetime,
+) -> TaskRequest:
+    """The Cloud Task of one dispatch: body, collector URL, OIDC identity and schedule time.
+
+    ``task_name`` and ``queue`` are the ones stored in the ledger row (a retry or maintenance
+    ``reconcile`` recreates exactly what the first attempt tried); ``reason`` and ``run_id`` are
+    the run's. Raises :class:`~shared.errors.SchemaValidationError` if the body breaks the
+    collector contract, :class:`~shared.config.ConfigError` for a kind without a collector.
+    """
+    slot = slot.astimezone(UTC)
     key = DispatchKey(subscription.id, slot, source.id)
     url = settings.collector_url_for(source.kind)
     body = {
@@ -351,10 +386,10 @@ def _task_request(
         "source": source.to_document(),
         "subscription": {"id": subscription.id, "name": subscription.name},
         "slot": key.slot_text,
-        "reason": run.reason,
+        "reason": reason,
         # The stored name: a retry recreates exactly what the first attempt tried.
-        "task_name": claim.task_name.rsplit("/", 1)[-1],
-        "run_id": run.id,
+        "task_name": task_name.rsplit("/", 1)[-1],
+        "run_id": run_id,
         "dispatched_at": now.astimezone(UTC).isoformat().replace("+00:00", "Z"),
     }
     # The body is ours alone; validating it turns a contract drift into a loud, permanent error
@@ -366,8 +401,8 @@ def _task_request(
         else settings.default_jitter_seconds
     )
     return TaskRequest(
-        name=claim.task_name,
-        queue=claim.queue,
+        name=task_name,
+        queue=queue,
         url=url,
         body=json.dumps(body, separators=(",", ":"), sort_keys=True).encode(),
         schedule_time=slot + jitter_offset(subscription.id, slot, jitter),

@@ -5,8 +5,8 @@
 * ``prune-ledger``: ledger runs (and their dispatches) older than ``older_than_days``, default the
   configured ``ledger_retention_days``.
 * ``reconcile``: dispatches stuck in ``claimed`` or ``failed`` for ``older_than_minutes`` are
-  created again under their stored task name; ALREADY_EXISTS means the earlier attempt landed and
-  counts as done.
+  created again under their stored task name and queue; ALREADY_EXISTS means the earlier attempt
+  landed and counts as done (:mod:`shared.ops.reconcile`, which also says what is skipped).
 * ``recompute-next-run``: ``next_run_at`` (and ``shard``) recomputed from the schedule, for one
   subscription or all, after schedule edits or a change of ``shard_count``.
 
@@ -23,23 +23,24 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from shared.dal.records import StoreConflict, StoredSubscription
 from shared.envelope import PushMessage
 from shared.errors import InvalidRequestError
 from shared.ops import runtime
-from shared.ops.store import StoreConflict, StoredDocument, SubscriptionStore, iter_all
+from shared.ops.store import SubscriptionStore, iter_all
 from shared.ops.subscriptions import recomputed_next_run
 from shared.subscription import InvalidSubscription, Subscription, shard_for
 
 if TYPE_CHECKING:
     from shared.config import Settings
     from shared.ledger.repository import Ledger
+    from shared.usecases.fanout import TaskGateway
 
 logger = logging.getLogger(__name__)
 
 JOBS = ("expire", "prune-ledger", "reconcile", "recompute-next-run")
 DEFAULT_EXPIRE_LIMIT = 10_000
 DEFAULT_RECONCILE_MINUTES = 60
-RECONCILE_BATCH = 500
 
 
 @dataclass
@@ -52,6 +53,8 @@ class JobContext:
     ledger_factory: Callable[[], Ledger]
     dry_run: bool = False
     counts: dict[str, int] = field(default_factory=dict)
+    # Only reconcile creates tasks; the gateway is built on first use.
+    tasks_factory: Callable[[], TaskGateway] = runtime.tasks
 
     def count(self, key: str, n: int = 1) -> None:
         """Add ``n`` to counter ``key``."""
@@ -178,7 +181,7 @@ def _recompute(arguments: Mapping[str, Any], ctx: JobContext) -> None:
                 _recompute_one(store, doc, ctx)
 
 
-def _recompute_one(store: SubscriptionStore, doc: StoredDocument, ctx: JobContext) -> None:
+def _recompute_one(store: SubscriptionStore, doc: StoredSubscription, ctx: JobContext) -> None:
     try:
         subscription = Subscription.from_document(doc.id, doc.data)
     except InvalidSubscription as exc:

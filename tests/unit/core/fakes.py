@@ -278,6 +278,9 @@ class FakeLedger:
     def mark_created(self, dispatch_id: int) -> bool:
         return self.mark_created_many([dispatch_id]) == 1
 
+    def run_reasons(self, run_ids: Sequence[int]) -> dict[int, str]:
+        return {r.id: r.reason for r in self.runs.values() if r.id in run_ids}
+
     def stuck_dispatches(self, older_than: timedelta, limit: int = 1000) -> list[DispatchRow]:
         """Every claimed or failed row, by id (the fake has no clock: ``older_than`` is moot)."""
         stuck = sorted(
