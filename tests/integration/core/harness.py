@@ -258,9 +258,10 @@ class Core:
             out = []
             for record in self.stack.collector_requests():
                 body = record.get("body")
-                if not isinstance(body, dict):
+                # Other modules share the session stack's collector: count only dispatches.
+                key = body.get("dispatch_key") if isinstance(body, dict) else None
+                if not isinstance(key, dict):
                     continue
-                key = body["dispatch_key"]
                 if key["subscription_id"].startswith(prefix):
                     out.append((key["subscription_id"], key["slot"], key["source_id"]))
             return out
