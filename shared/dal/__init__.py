@@ -1,8 +1,10 @@
 """Data access: Firestore, Pub/Sub, Cloud Tasks and the PostgreSQL ledger behind small classes.
 
-The use cases depend on Protocols (see :mod:`shared.usecases.select_due` and
-:mod:`shared.usecases.fanout`); the real implementations come from :func:`select_dependencies`
-and :func:`fanout_dependencies`, built lazily on the first request of a process and cached.
+The use cases depend on Protocols (see :mod:`shared.usecases.select_due`,
+:mod:`shared.usecases.fanout` and :mod:`shared.ops.store`); one Firestore class
+(:mod:`shared.dal.firestore_store`) implements all three. The real dependencies of select and
+fanout come from :func:`select_dependencies` and :func:`fanout_dependencies`, built lazily on the
+first request of a process and cached; the ops ones from :mod:`shared.ops.runtime`.
 Nothing here creates a client or reads the environment at import time.
 """
 
