@@ -77,6 +77,8 @@ class StackOptions:
     # topics.yaml's `local.retry` instead of production backoff, so redelivery takes seconds.
     fast_retries: bool = True
     startup_timeout: float = 90.0
+    # Extra environment for the four functions (e.g. shorter dependency budgets in fault tests).
+    function_env: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -338,7 +340,12 @@ class LocalStack:
                     str(port),
                 ],
                 # Threads let one function instance take concurrent pushes, as Cloud Run does.
-                {**env, "THREADS": "8", "XDG_RUNTIME_DIR": str(runtime_dir)},
+                {
+                    **env,
+                    **self.options.function_env,
+                    "THREADS": "8",
+                    "XDG_RUNTIME_DIR": str(runtime_dir),
+                },
                 ready=http_ready(f"http://{HOST}:{port}/", expect_status=None),
             )
 

@@ -33,6 +33,8 @@ class Env:
     PUSH_AUTH_VERIFY = "DISPATCHER_PUSH_AUTH_VERIFY"
     PUSH_AUTH_AUDIENCE = "DISPATCHER_PUSH_AUTH_AUDIENCE"
     OIDC_CERTS_URL = "DISPATCHER_OIDC_CERTS_URL"
+    DEPENDENCY_TIMEOUT = "DISPATCHER_DEPENDENCY_TIMEOUT_SECONDS"
+    DEPENDENCY_RETRY_BUDGET = "DISPATCHER_DEPENDENCY_RETRY_BUDGET_SECONDS"
 
 
 class ConfigError(ValueError):
@@ -64,6 +66,8 @@ class Settings:
     default_jitter_seconds: int
     max_payload_bytes: int
     publish_timeout_seconds: float
+    dependency_timeout_seconds: float
+    dependency_retry_budget_seconds: float
     firestore_page_size: int
     ledger_retention_days: int
     log_level: str
@@ -161,6 +165,12 @@ def _build(environment: str, raw: Mapping[str, Any], environ: Mapping[str, str])
         default_jitter_seconds=jitter,
         max_payload_bytes=int(core["max_payload_bytes"]),
         publish_timeout_seconds=float(core["publish_timeout_seconds"]),
+        dependency_timeout_seconds=float(
+            environ.get(Env.DEPENDENCY_TIMEOUT) or core["dependency_timeout_seconds"]
+        ),
+        dependency_retry_budget_seconds=float(
+            environ.get(Env.DEPENDENCY_RETRY_BUDGET) or core["dependency_retry_budget_seconds"]
+        ),
         firestore_page_size=int(core["firestore_page_size"]),
         ledger_retention_days=int(core["ledger_retention_days"]),
         log_level=environ.get(Env.LOG_LEVEL) or str(core["log_level"]),

@@ -17,6 +17,13 @@ from typing import TYPE_CHECKING
 from shared.dal.records import OutboundMessage, StoredSubscription, TaskRequest
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from google.cloud import firestore, tasks_v2
+
+    from shared.config import Settings
+    from shared.dal.cloud_tasks import CloudTasksGateway
+    from shared.dal.firestore_store import FirestoreSubscriptionStore
     from shared.ledger.repository import Ledger
     from shared.usecases.fanout import FanoutDependencies
     from shared.usecases.select_due import SelectDependencies
@@ -28,10 +35,40 @@ __all__ = [
     "TaskRequest",
     "fanout_dependencies",
     "ledger",
+    "make_store",
+    "make_task_gateway",
     "select_dependencies",
 ]
 
 DUE_TOPIC = "dispatcher-due"
+
+
+def make_store(
+    settings: Settings, client_factory: Callable[[], firestore.Client] | None = None
+) -> FirestoreSubscriptionStore:
+    """The subscriptions store with the configured dependency timeout and retry budget."""
+    from shared import clients
+    from shared.dal.firestore_store import FirestoreSubscriptionStore
+
+    return FirestoreSubscriptionStore(
+        client_factory or clients.firestore_client,
+        timeout=settings.dependency_timeout_seconds,
+        retry_budget=settings.dependency_retry_budget_seconds,
+    )
+
+
+def make_task_gateway(
+    settings: Settings, client_factory: Callable[[], tasks_v2.CloudTasksClient] | None = None
+) -> CloudTasksGateway:
+    """Cloud Tasks creation with the configured dependency timeout and retry budget."""
+    from shared import clients
+    from shared.dal.cloud_tasks import CloudTasksGateway
+
+    return CloudTasksGateway(
+        client_factory or clients.tasks_client,
+        timeout=settings.dependency_timeout_seconds,
+        retry_budget=settings.dependency_retry_budget_seconds,
+    )
 
 
 class _LedgerHolder:
@@ -47,12 +84,17 @@ def ledger() -> Ledger:
                 from shared.config import ConfigError, get_settings
                 from shared.ledger.repository import Ledger, open_pool
 
-                url = get_settings().database_url
+                settings = get_settings()
+                url = settings.database_url
                 if not url:
                     raise ConfigError("DATABASE_URL is not set: fanout needs the ledger")
                 # Enough connections for fanout's concurrent instances' threads (8 per instance
                 # locally, like Cloud Run's concurrency) without exhausting PostgreSQL.
-                _LedgerHolder.ledger = Ledger(open_pool(url, min_size=1, max_size=8))
+                _LedgerHolder.ledger = Ledger(
+                    open_pool(
+                        url, min_size=1, max_size=8, timeout=settings.dependency_timeout_seconds
+                    )
+                )
     return _LedgerHolder.ledger
 
 
@@ -61,14 +103,13 @@ def select_dependencies() -> SelectDependencies:
     """The real dependencies of select (clients are still created only on first use)."""
     from shared import clients
     from shared.config import get_settings
-    from shared.dal.firestore_store import FirestoreSubscriptionStore
     from shared.dal.pubsub_publisher import PubSubPublisher
     from shared.usecases.select_due import SelectDependencies
 
     settings = get_settings()
     return SelectDependencies(
         settings=settings,
-        store=FirestoreSubscriptionStore(clients.firestore_client),
+        store=make_store(settings),
         publisher=PubSubPublisher(
             clients.publisher,
             settings.topic_path(DUE_TOPIC),
@@ -80,16 +121,14 @@ def select_dependencies() -> SelectDependencies:
 @functools.cache
 def fanout_dependencies() -> FanoutDependencies:
     """The real dependencies of fanout (clients are still created only on first use)."""
-    from shared import clients
     from shared.config import get_settings
-    from shared.dal.cloud_tasks import CloudTasksGateway
-    from shared.dal.firestore_store import FirestoreSubscriptionStore
     from shared.dal.ledger_gateway import LedgerGateway
     from shared.usecases.fanout import FanoutDependencies
 
+    settings = get_settings()
     return FanoutDependencies(
-        settings=get_settings(),
-        store=FirestoreSubscriptionStore(clients.firestore_client),
-        tasks=CloudTasksGateway(clients.tasks_client),
+        settings=settings,
+        store=make_store(settings),
+        tasks=make_task_gateway(settings),
         ledger=LedgerGateway(ledger),
     )

@@ -43,10 +43,10 @@ class OpsContext:
 
     def store(self) -> FirestoreSubscriptionStore:
         """The subscriptions collection."""
-        from shared.dal.firestore_store import FirestoreSubscriptionStore
+        from shared.dal import make_store
 
         store: FirestoreSubscriptionStore = self._get(
-            "store", lambda: FirestoreSubscriptionStore(self.firestore)
+            "store", lambda: make_store(self.settings, self.firestore)
         )
         return store
 
@@ -84,7 +84,14 @@ class OpsContext:
                     "DATABASE_URL is not set: the ledger database is unknown "
                     "(locally: source .dispatcher/stack.env)"
                 )
-            return Ledger(open_pool(self.settings.database_url, min_size=1, max_size=2, timeout=10))
+            return Ledger(
+                open_pool(
+                    self.settings.database_url,
+                    min_size=1,
+                    max_size=2,
+                    timeout=self.settings.dependency_timeout_seconds,
+                )
+            )
 
         ledger: Ledger = self._get("ledger", build)
         return ledger

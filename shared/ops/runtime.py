@@ -53,20 +53,20 @@ def set_clock(clock: Callable[[], datetime] | None) -> None:
 def store() -> SubscriptionStore:
     """The subscription store (Firestore, project from the settings)."""
     if _deps.store is None:
-        from shared.clients import firestore_client
-        from shared.dal.firestore_store import FirestoreSubscriptionStore
+        from shared.config import get_settings
+        from shared.dal import make_store
 
-        _deps.store = FirestoreSubscriptionStore(firestore_client)
+        _deps.store = make_store(get_settings())
     return _deps.store
 
 
 def tasks() -> TaskGateway:
     """Creates Cloud Tasks (the emulator's when configured), with fanout's timeouts."""
     if _deps.tasks is None:
-        from shared.clients import tasks_client
-        from shared.dal.cloud_tasks import CloudTasksGateway
+        from shared.config import get_settings
+        from shared.dal import make_task_gateway
 
-        _deps.tasks = CloudTasksGateway(tasks_client)
+        _deps.tasks = make_task_gateway(get_settings())
     return _deps.tasks
 
 
@@ -82,10 +82,17 @@ def _default_ledger() -> Ledger:
     from shared.config import ConfigError, get_settings
     from shared.ledger.repository import Ledger, open_pool
 
-    url = get_settings().database_url
-    if not url:
+    settings = get_settings()
+    if not settings.database_url:
         raise ConfigError("DATABASE_URL is not set: the ledger database is unknown")
-    return Ledger(open_pool(url, min_size=1, max_size=2))
+    return Ledger(
+        open_pool(
+            settings.database_url,
+            min_size=1,
+            max_size=2,
+            timeout=settings.dependency_timeout_seconds,
+        )
+    )
 
 
 def now() -> datetime:

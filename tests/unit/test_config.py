@@ -1,0 +1,79 @@
+"""Typed configuration: app.toml < app.<env>.toml < environment, one clear error per mistake."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shared.config import ConfigError, load_settings
+from shared.paths import project_root
+
+
+def test_the_shipped_files_parse_for_every_environment() -> None:
+    local = load_settings(environ={})
+    assert local.environment == "local" and local.project == "dispatcher-local"
+    assert {"rss", "news-api", "social", "email-digest"} <= set(local.queues)
+    for env in ("staging", "production"):
+        settings = load_settings(environ={"DISPATCHER_ENV": env})
+        assert settings.project == f"dispatcher-{env}"
+        assert settings.push_auth_verify, f"{env} must verify push tokens"
+    production = load_settings(environ={"DISPATCHER_ENV": "production"})
+    # The overlay changes one queue's limits and keeps the rest of its base entry.
+    assert production.queues["rss"].max_dispatches_per_second == 200.0
+    assert production.queues["rss"].name == local.queues["rss"].name
+
+
+def test_environment_variables_win_over_the_files() -> None:
+    settings = load_settings(
+        environ={
+            "GOOGLE_CLOUD_PROJECT": "elsewhere",
+            "COLLECTOR_URL": "http://collector.test/collect",
+            "DATABASE_URL": "postgresql://u@h/db",
+            "DISPATCHER_DEPENDENCY_TIMEOUT_SECONDS": "1.5",
+            "DISPATCHER_DEPENDENCY_RETRY_BUDGET_SECONDS": "3",
+            "DISPATCHER_PUSH_AUTH_VERIFY": "true",
+        }
+    )
+    assert settings.project == "elsewhere"
+    assert settings.collector_url_for("rss") == "http://collector.test/collect"
+    assert settings.database_url == "postgresql://u@h/db"
+    assert (settings.dependency_timeout_seconds, settings.dependency_retry_budget_seconds) == (
+        1.5,
+        3.0,
+    )
+    assert settings.push_auth_verify
+    assert settings.queue_path("rss") == (
+        "projects/elsewhere/locations/europe-west1/queues/collect-rss"
+    )
+
+
+def test_an_unknown_source_kind_names_the_known_ones() -> None:
+    with pytest.raises(ConfigError, match=r"no queue configured for source kind 'fax'.*rss"):
+        load_settings(environ={}).queue_for("fax")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("[dispatcher\n", "app.toml"),
+        ("[collector]\nurl = 'x'\nservice_account = 'y'\n", r"\[dispatcher\] section is missing"),
+    ],
+)
+def test_broken_files_give_one_clear_error(tmp_path: Path, content: str, message: str) -> None:
+    (tmp_path / "app.toml").write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        load_settings(environ={}, config_dir=tmp_path)
+
+
+def test_a_missing_environment_overlay_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "app.toml").write_text((project_root() / "app.toml").read_text())
+    with pytest.raises(ConfigError, match=r"app\.qa\.toml does not exist"):
+        load_settings(environ={"DISPATCHER_ENV": "qa"}, config_dir=tmp_path)
+
+
+def test_out_of_range_values_name_their_key(tmp_path: Path) -> None:
+    text = (project_root() / "app.toml").read_text().replace("shard_count = 16", "shard_count = 0")
+    (tmp_path / "app.toml").write_text(text)
+    with pytest.raises(ConfigError, match=r"dispatcher\.shard_count: 0 is outside 1\.\.1024"):
+        load_settings(environ={}, config_dir=tmp_path)
