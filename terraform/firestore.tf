@@ -29,3 +29,22 @@ resource "google_firestore_index" "due_query" {
     order      = "ASCENDING"
   }
 }
+
+# The expire job's query (shared/dal/firestore_store.py, active_ending_by): on `subscriptions`,
+#   where status == "active" and ends_at <= now
+resource "google_firestore_index" "expire_query" {
+  project     = var.project_id
+  database    = var.firestore_database
+  collection  = "subscriptions"
+  query_scope = "COLLECTION"
+
+  fields {
+    field_path = "status"
+    order      = "ASCENDING"
+  }
+
+  fields {
+    field_path = "ends_at"
+    order      = "ASCENDING"
+  }
+}
