@@ -26,7 +26,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -384,7 +384,7 @@ class LocalStack:
         from shared.ledger.migrate import migrate
 
         migrate(env["DATABASE_URL"])
-        with _environ(env):
+        with environment(env):
             import google.cloud.pubsub_v1 as pubsub_v1
 
             from shared.pubsub_admin import apply_topology
@@ -444,7 +444,8 @@ def _now() -> str:
 
 
 @contextlib.contextmanager
-def _environ(env: Mapping[str, str]) -> Any:
+def environment(env: Mapping[str, str]) -> Iterator[None]:
+    """Set ``env`` in ``os.environ`` inside the block (Google clients read it), then restore."""
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from emulators.stack import environment
 from shared.scheduling import iter_subscription_slots, next_run_for
 from shared.subscription import Subscription, shard_for
 
@@ -57,13 +57,5 @@ def expected_slots(
 def emulator_environment(env: Mapping[str, str]) -> Iterator[None]:
     """Point Google clients built inside the block at the stack's emulators, then restore."""
     keys = ("PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT")
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ.update({k: env[k] for k in keys})
-    try:
+    with environment({k: env[k] for k in keys}):
         yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
