@@ -155,6 +155,54 @@ class FaultStack:
             list(pool.map(commit, chunks))
         return len(items) / max(time.monotonic() - began, 1e-9)
 
+    def seed_due(
+        self,
+        prefix: str,
+        count: int,
+        slot: datetime,
+        sources: Sequence[Mapping[str, Any]] | None = None,
+    ) -> dict[str, dict[str, Any]]:
+        """Seed ``count`` subscriptions due at ``slot`` (every 5 min, no jitter); return them."""
+        from tests.support.core import subscription_doc
+
+        docs = {
+            f"{prefix}{i:04d}": subscription_doc(
+                f"{prefix}{i:04d}",
+                schedule={"every": 300},
+                start=slot,
+                shard_count=self.settings.shard_count,
+                sources=[dict(s) for s in sources] if sources else None,
+                jitter_seconds=0,
+            )
+            for i in range(count)
+        }
+        self.seed(docs)
+        return docs
+
+    def due_messages(
+        self, subscription_ids: Iterable[str], slot: datetime
+    ) -> list[tuple[bytes, dict[str, str]]]:
+        """The due messages select publishes for these subscriptions at ``slot``."""
+        return [
+            (
+                json.dumps(
+                    {"subscription_id": sid, "slot": rfc3339(slot), "reason": "schedule"}
+                ).encode(),
+                {"redelivery": "test"},
+            )
+            for sid in subscription_ids
+        ]
+
+    def wait_settled(self, prefix: str, timeout: float = 60.0) -> None:
+        """Wait until nothing moves: queues idle, ledger row count unchanged over 3 polls."""
+        seen: list[int] = []
+
+        def still() -> bool:
+            seen.append(len(self.ledger_rows(prefix)))
+            return len(seen) >= 3 and seen[-1] == seen[-2] == seen[-3] and self.queues_idle()
+
+        wait_for(still, timeout, interval=1.0, message="the stack settled")
+
     def publish(
         self,
         topic: str,
