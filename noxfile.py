@@ -40,7 +40,7 @@ def terraform(session: nox.Session) -> None:
 @nox.session(python=False)
 def tests(session: nox.Session) -> None:
     """Unit, integration and end-to-end tests (integration ones start their own emulators)."""
-    session.run("pytest", *(session.posargs or ["tests"]))
+    session.run("pytest", "--durations=15", *(session.posargs or ["tests"]))
 
 
 @nox.session(python=False)

@@ -66,10 +66,12 @@ def seed(client: Any, docs: dict[str, dict[str, Any]]) -> None:
 
 
 def collected(stack: StackHandle, prefix: str) -> list[dict[str, Any]]:
+    # Other modules share the collector (and their tasks may still be retrying): only dispatches.
     return [
         r
         for r in stack.collector_requests()
         if isinstance(r.get("body"), dict)
+        and isinstance(r["body"].get("dispatch_key"), dict)
         and r["body"]["dispatch_key"]["subscription_id"].startswith(prefix)
     ]
 
