@@ -444,7 +444,13 @@ def main(argv: list[str] | None = None) -> int:
                     "ceiling": ceiling,
                     "pipeline": pipeline,
                     "pipeline_speedup_vs_naive": round(naive["seconds"] / pipeline["seconds"], 2),
+                    # The ceiling: the emulator's raw create throughput.
                     "pipeline_share_of_ceiling": round(
+                        pipeline["tasks_per_second"] / ceiling["creates_per_second"], 3
+                    ),
+                    # Creates + dispatch to the collector (noisier: the collector verifies
+                    # every token on a shared 2-core machine).
+                    "pipeline_share_of_ceiling_end_to_end": round(
                         pipeline["tasks_per_second"] / ceiling["tasks_per_second"], 3
                     ),
                 }
@@ -467,13 +473,13 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(
         f"{'subs':>8} {'due':>5} {'pipeline s':>10} {'naive s':>8} {'speedup':>7} "
-        f"{'ceiling/s':>9} {'pipe/s':>7} {'share':>6} {'sel reads':>9} {'sel s':>6}"
+        f"{'create/s':>9} {'pipe/s':>7} {'share':>6} {'sel reads':>9} {'sel s':>6}"
     )
     for r in rounds:
         print(
             f"{r['subscriptions']:>8,} {r['due']:>5} {r['pipeline']['seconds']:>10.2f} "
             f"{r['naive']['seconds']:>8.2f} {r['pipeline_speedup_vs_naive']:>6.2f}x "
-            f"{r['ceiling']['tasks_per_second']:>9.0f} {r['pipeline']['tasks_per_second']:>7.0f} "
+            f"{r['ceiling']['creates_per_second']:>9.0f} {r['pipeline']['tasks_per_second']:>7.0f} "
             f"{r['pipeline_share_of_ceiling']:>6.0%} {r['select']['billed_reads']:>9} "
             f"{r['select']['seconds']:>6.2f}"
         )
