@@ -12,13 +12,12 @@ import os
 import shlex
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pytest
 import requests
 
+from tests.support.polling import wait_for
 from tests.support.stack import StackHandle
 
 pytestmark = pytest.mark.e2e
@@ -43,17 +42,6 @@ def dispatcher(stack: StackHandle, *args: str, expect: int = 0) -> subprocess.Co
     return result
 
 
-def wait_for(condition: Callable[[], T | None], timeout: float = 60.0, what: str = "") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.3)
-
-
 def dead_letters(stack: StackHandle, *args: str) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = json.loads(dispatcher(stack, "dlq", "list", "--json", *args).stdout)
     return out
@@ -76,7 +64,7 @@ def test_dead_letter_round_trip(stack: StackHandle) -> None:
         found = dead_letters(stack, "--topic", "dispatcher-due")
         return found if len(found) == 2 else None
 
-    letters = wait_for(two_letters, what="two dead letters on dispatcher-due-dlq")
+    letters = wait_for(two_letters, timeout=60, message="two dead letters on dispatcher-due-dlq")
     assert {letter["attributes"]["dlq_source_message_id"] for letter in letters} == ids
     assert {letter["reason_class"] for letter in letters} == {"UnknownSubscriptionError"}
     # Listing did not consume them.
@@ -111,7 +99,7 @@ def test_dead_letter_round_trip(stack: StackHandle) -> None:
         return rows if len(rows) == 2 and all(r["state"] == "created" for r in rows) else None
 
     try:
-        rows = wait_for(created, what="two created dispatches in the ledger")
+        rows = wait_for(created, timeout=60, message="two created dispatches in the ledger")
     except AssertionError as exc:
         raise AssertionError(f"{exc}; fanout log tail:\n{stack.log('fn-fanout')[-3000:]}") from None
     assert sorted((r["source_id"], r["state"]) for r in rows) == [
@@ -126,7 +114,7 @@ def test_dead_letter_round_trip(stack: StackHandle) -> None:
         return found if len(found) >= 2 else None
 
     # Two replayed duplicates, one task per source: two tasks arrive, not four.
-    arrived = wait_for(tasks, what="two tasks at the collector")
+    arrived = wait_for(tasks, timeout=60, message="two tasks at the collector")
     assert len(arrived) == 2, arrived
 
 

@@ -15,6 +15,7 @@ test never see another test's behaviour:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 import time
@@ -30,6 +31,7 @@ from google.cloud import tasks_v2
 from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 
 from emulators.cloudtasks import EmulatorHandle, start_server
+from tests.support.polling import wait_for
 
 PROJECT = "test-project"
 LOCATION = "europe-west1"
@@ -151,18 +153,6 @@ def make_client(handle: EmulatorHandle) -> tasks_v2.CloudTasksClient:
     return tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01) -> Any:
-    """Poll until ``condition()`` is truthy and return its value; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)
-
-
 @pytest.fixture(scope="session")
 def emulator() -> Iterator[EmulatorHandle]:
     handle = start_server(min_dispatch_deadline=0.1, log_stream=None)
@@ -210,8 +200,8 @@ def parent() -> str:
 
 @pytest.fixture(scope="session")
 def poll() -> Callable[..., Any]:
-    """``wait_for`` as a fixture, so test modules need not import this conftest."""
-    return wait_for
+    """``wait_for`` with this suite's short defaults, as a fixture."""
+    return functools.partial(wait_for, timeout=10.0, interval=0.01)
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -80,15 +79,3 @@ def invoke() -> Callable[..., Any]:
         return runner.invoke(app, list(args), input=input)
 
     return run
-
-
-def wait_for(condition: Callable[[], T | None], timeout: float = 30.0, what: str = "") -> T:
-    """Poll ``condition`` until it returns something truthy, or fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
-        time.sleep(0.2)

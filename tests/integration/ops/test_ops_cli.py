@@ -18,7 +18,7 @@ from shared.ops.context import OpsContext
 from shared.ops.subscriptions import write_subscription
 from shared.usecases.maintenance import JobContext, run_job
 from shared.usecases.sync import run_sync
-from tests.integration.ops.conftest import wait_for
+from tests.support.polling import wait_for
 from tests.support.stack import StackHandle
 
 pytestmark = pytest.mark.integration
@@ -225,7 +225,9 @@ def test_sync_twice_inserts_updates_deletes(
 def test_maintenance_and_sync_functions_through_pubsub(ctx: OpsContext, stack: StackHandle) -> None:
     _seed(ctx, "through-topic")
     stack.gcloud_publish("dispatcher-sync", '{"all": true}')
-    wait_for(lambda: "through-topic" in _mirror(stack), what="the sync function to mirror")
+    wait_for(
+        lambda: "through-topic" in _mirror(stack), timeout=30, message="the sync function to mirror"
+    )
     stack.gcloud_publish("dispatcher-sync", '{"all": true}')
     ctx.store().update("through-topic", {"shard": 999}, if_updated_at=None)
     stack.gcloud_publish("dispatcher-maintenance", '{"job": "recompute-next-run"}')
@@ -234,7 +236,7 @@ def test_maintenance_and_sync_functions_through_pubsub(ctx: OpsContext, stack: S
         doc = ctx.store().get("through-topic")
         return doc is not None and doc.data["shard"] != 999
 
-    wait_for(repaired, what="the maintenance function to recompute")
+    wait_for(repaired, timeout=30, message="the maintenance function to recompute")
     lines = stack.log_lines("fn-maintenance")
     done = [line for line in lines if line.get("job") == "recompute-next-run"]
     assert done and done[-1]["counts"]["updated"] == 1

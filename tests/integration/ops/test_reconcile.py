@@ -16,7 +16,7 @@ from shared.ops.context import OpsContext
 from shared.ops.subscriptions import write_subscription
 from shared.scheduling import floor_minute
 from shared.usecases.maintenance import JobContext, run_job
-from tests.integration.ops.conftest import wait_for
+from tests.support.polling import wait_for
 from tests.support.stack import StackHandle
 
 pytestmark = pytest.mark.integration
@@ -86,11 +86,13 @@ def test_reconcile_recreates_a_claimed_dispatch_once(ctx: OpsContext, stack: Sta
     stack.gcloud_publish("dispatcher-maintenance", '{"job": "reconcile", "older_than_minutes": 1}')
     wait_for(
         lambda: _state(stack, claim.dispatch_id) == "created",
-        what="the maintenance function to re-create the task",
+        timeout=30,
+        message="the maintenance function to re-create the task",
     )
     wait_for(
         lambda: _collected(stack, slot) and _queues_idle(stack),
-        what="the re-created task to reach the collector",
+        timeout=30,
+        message="the re-created task to reach the collector",
     )
     bodies = _collected(stack, slot)
     assert len(bodies) == 1
