@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -25,3 +26,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackHandle]:
         stop_recorded(state_dir)
         survivors = [p for p in pids if pid_alive(p)]
         assert not survivors, f"stack processes survived teardown: {survivors}"
+
+
+@pytest.fixture(scope="session")
+def firestore_client(stack: StackHandle) -> Iterator[Any]:
+    """A Firestore client on the session stack's emulator, for seeding and reading documents."""
+    from google.cloud import firestore
+
+    from tests.support.core import emulator_environment
+
+    with emulator_environment(stack.env):
+        client = firestore.Client(project=stack.project)
+    yield client
+    client.close()  # type: ignore[no-untyped-call]

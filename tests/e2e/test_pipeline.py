@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import psycopg
 import pytest
 
-from tests.support.core import emulator_environment, subscription_doc, utc
+from tests.support.core import subscription_doc, utc
 from tests.support.polling import wait_for
 from tests.support.stack import PulledMessage, StackHandle
 
@@ -27,16 +27,6 @@ SOURCES = [
     {"id": "reuters", "kind": "rss", "params": {"url": "https://example.com/feed.xml"}},
     {"id": "acme-query", "kind": "news-api", "params": {"q": "acme"}},
 ]
-
-
-@pytest.fixture(scope="module")
-def firestore_client(stack: StackHandle) -> Iterator[Any]:
-    from google.cloud import firestore
-
-    with emulator_environment(stack.env):
-        client = firestore.Client(project=stack.project)
-    yield client
-    client.close()  # type: ignore[no-untyped-call]
 
 
 @pytest.fixture(autouse=True)

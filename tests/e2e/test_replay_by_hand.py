@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.support.core import emulator_environment, subscription_doc, utc
+from tests.support.core import subscription_doc, utc
 from tests.support.polling import wait_for
 from tests.support.stack import StackHandle
 
@@ -18,16 +17,6 @@ SOURCES = [
     {"id": "wire", "kind": "rss", "params": {"url": "https://example.com/wire.xml"}},
     {"id": "search", "kind": "news-api", "params": {"q": "initech"}},
 ]
-
-
-@pytest.fixture(scope="module")
-def firestore_client(stack: StackHandle) -> Iterator[Any]:
-    from google.cloud import firestore
-
-    with emulator_environment(stack.env):
-        client = firestore.Client(project=stack.project)
-    yield client
-    client.close()  # type: ignore[no-untyped-call]
 
 
 @pytest.fixture(autouse=True)
