@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from shared import clients, config
 from shared.errors import DispatcherError, shorten
+from shared.instants import format_instant
 
 #: Pub/Sub's limits on attributes (bytes, count).
 MAX_ATTRIBUTE_VALUE_BYTES = 1024
@@ -78,7 +79,7 @@ def build_dead_letter(
     Original attributes are kept; any stale ``dlq_*`` ones (a replayed dead letter that failed
     again) are replaced by the new reason. Every value is cut to Pub/Sub's 1024-byte limit.
     """
-    failed_at = (now or _utcnow)().astimezone(UTC).isoformat().replace("+00:00", "Z")
+    failed_at = format_instant((now or _utcnow)())
     details = error.details()
     reason: dict[str, str | None] = {
         "dlq_reason_class": error.reason_class,

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
 
+from shared.instants import format_slot
+
 __all__ = [
     "MAX_TASK_ID_LENGTH",
     "DispatchKey",
@@ -51,7 +53,7 @@ class DispatchKey:
     @property
     def slot_text(self) -> str:
         """The slot as the canonical RFC 3339 UTC string (``2026-01-05T09:00:00Z``)."""
-        return self.slot.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return format_slot(self.slot)
 
     def canonical(self) -> str:
         """The text that is hashed: ``<subscription>|<slot>|<source>`` (ids never hold ``|``)."""

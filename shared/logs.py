@@ -24,6 +24,8 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, TextIO
 
+from shared.instants import format_instant
+
 # Cloud Logging's LogSeverity names; Python's levels map onto them.
 _SEVERITY = {
     logging.DEBUG: "DEBUG",
@@ -105,7 +107,7 @@ class CloudLoggingFormatter(logging.Formatter):
         entry: dict[str, Any] = {
             "severity": _SEVERITY.get(record.levelno, "DEFAULT"),
             "message": message,
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat().replace("+00:00", "Z"),
+            "time": format_instant(datetime.fromtimestamp(record.created, UTC)),
             "logger": record.name,
             "logging.googleapis.com/sourceLocation": {
                 "file": record.pathname,

@@ -23,6 +23,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 
+from shared.instants import format_instant
+
 __all__ = [
     "CATCH_UP_POLICIES",
     "DEFAULT_CATCH_UP_MAX_SLOTS",
@@ -138,11 +140,6 @@ def parse_instant(value: object, path: str = "") -> datetime:
             raise InvalidSubscription(path, "RFC 3339 date-time needs an offset or 'Z'", value)
         return parsed.astimezone(UTC)
     raise InvalidSubscription(path, "expected a datetime or an RFC 3339 string", value)
-
-
-def _rfc3339(value: datetime) -> str:
-    text = value.astimezone(UTC).isoformat()
-    return text.removesuffix("+00:00") + "Z"
 
 
 def _require_int(value: object, path: str, low: int, high: int | None = None) -> int:
@@ -466,7 +463,7 @@ class Subscription:
         """
 
         def instant(value: datetime) -> datetime | str:
-            return _rfc3339(value) if json_compatible else value.astimezone(UTC)
+            return format_instant(value) if json_compatible else value.astimezone(UTC)
 
         doc: dict[str, Any] = {
             "name": self.name,

@@ -24,13 +24,14 @@ import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 from shared.contracts import get_contract
 from shared.dal.records import AlreadyExists, StoreConflict, StoredSubscription
 from shared.errors import SchemaValidationError
+from shared.instants import format_instant
 from shared.ops.store import SubscriptionStore
 from shared.scheduling import next_run_for
 from shared.subscription import InvalidSubscription, Subscription, shard_for
@@ -165,7 +166,7 @@ def read_file(path: Path) -> list[Candidate]:
 def to_json_compatible(value: Any) -> Any:
     """Datetimes (Firestore timestamps) as RFC 3339 strings, recursively: the schema's form."""
     if isinstance(value, datetime):
-        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        return format_instant(value)
     if isinstance(value, Mapping):
         return {str(k): to_json_compatible(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -53,6 +53,7 @@ from shared.errors import (
     RetryableError,
     UnknownSubscriptionError,
 )
+from shared.instants import format_instant, format_slot
 from shared.ledger.repository import Claim, RunRef, SourceSpec
 from shared.scheduling import floor_minute, jitter_offset
 from shared.subscription import InvalidSubscription, Source, Subscription
@@ -175,10 +176,6 @@ class FanoutResult:
 # -- the use case ------------------------------------------------------------------------------
 
 
-def _rfc3339(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _slot_of(payload: dict[str, Any], message: PushMessage, now: datetime) -> datetime:
     text = payload.get("slot")
     if isinstance(text, str):
@@ -212,7 +209,7 @@ def fanout(
     result = FanoutResult(subscription_id, slot, reason)
     log: dict[str, Any] = {
         "subscription_id": subscription_id,
-        "slot": _rfc3339(slot),
+        "slot": format_slot(slot),
         "reason": reason,
     }
 
@@ -230,7 +227,7 @@ def fanout(
         logger.info(
             "subscription %s, slot %s not dispatched: %s",
             subscription_id,
-            _rfc3339(slot),
+            format_slot(slot),
             skip,
             extra={**log, "decision": "skip", "skip_reason": skip},
         )
@@ -250,7 +247,7 @@ def fanout(
         logger.info(
             "dry run: subscription %s, slot %s would dispatch %d task(s)",
             subscription_id,
-            _rfc3339(slot),
+            format_slot(slot),
             len(specs),
             extra={**log, "decision": "would-dispatch", "tasks": [s.task_name for s in specs]},
         )
@@ -287,7 +284,7 @@ def fanout(
     logger.info(
         "subscription %s, slot %s: %d task(s) created, %d already done, %d failed",
         subscription_id,
-        _rfc3339(slot),
+        format_slot(slot),
         len(result.created),
         len(result.already_done),
         len(result.failed),
@@ -303,7 +300,7 @@ def fanout(
     if errors:
         first = errors[0][1]
         raise TasksNotCreatedError(
-            f"{len(errors)} of {len(todo)} task(s) for {subscription_id} @ {_rfc3339(slot)} "
+            f"{len(errors)} of {len(todo)} task(s) for {subscription_id} @ {format_slot(slot)} "
             f"not created (first: {first.message})"
         ) from first
     return result
@@ -390,7 +387,7 @@ def build_task_request(
         # The stored name: a retry recreates exactly what the first attempt tried.
         "task_name": task_name.rsplit("/", 1)[-1],
         "run_id": run_id,
-        "dispatched_at": now.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "dispatched_at": format_instant(now),
     }
     # The body is ours alone; validating it turns a contract drift into a loud, permanent error
     # instead of collectors rejecting tasks one by one.

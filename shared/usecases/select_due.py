@@ -63,6 +63,7 @@ from shared.config import Settings
 from shared.dal.records import OutboundMessage, StoredSubscription
 from shared.envelope import PushMessage, parse_rfc3339
 from shared.errors import InvalidRequestError, RetryableError
+from shared.instants import format_slot
 from shared.scheduling import TickPlan, plan_tick
 from shared.subscription import InvalidSubscription, Subscription
 
@@ -157,10 +158,6 @@ def _in_context(pool: ThreadPoolExecutor, fn: Callable[..., _T], *args: Any) -> 
     return pool.submit(contextvars.copy_context().run, fn, *args)
 
 
-def _rfc3339(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def tick_time_of(payload: dict[str, Any], message: PushMessage, now: datetime) -> datetime:
     """The instant a tick selects for: ``time``, else the publish time, else ``now``."""
     text = payload.get("time")
@@ -217,7 +214,7 @@ def select_due(
                 errors.append(exc)
     logger.info(
         "tick %s: %d due read, %d published, %d dropped, %d advanced, %d expired, %d conflicts%s",
-        _rfc3339(tick),
+        format_slot(tick),
         total.read,
         total.published,
         total.dropped,
@@ -226,7 +223,7 @@ def select_due(
         total.conflicts,
         " (dry run: nothing published or written)" if dry_run else "",
         extra={
-            "tick_time": _rfc3339(tick),
+            "tick_time": format_slot(tick),
             "dry_run": dry_run,
             "read": total.read,
             "published": total.published,
@@ -287,7 +284,7 @@ def _process_page(ctx: _Tick, page: Sequence[StoredSubscription], result: Select
         for slot in plan.publish:
             body = {
                 "subscription_id": subscription.id,
-                "slot": _rfc3339(slot.slot),
+                "slot": format_slot(slot.slot),
                 "reason": slot.reason,
             }
             if tick_id:
@@ -352,14 +349,14 @@ def _log_plan(subscription: Subscription, plan: TickPlan, dry_run: bool) -> None
     extra: dict[str, Any] = {
         "subscription_id": subscription.id,
         "decision": "would-publish" if dry_run else "publish",
-        "slots": [f"{_rfc3339(p.slot)}:{p.reason}" for p in plan.publish],
-        "next_run_at": None if plan.next_run_at is None else _rfc3339(plan.next_run_at),
+        "slots": [f"{format_slot(p.slot)}:{p.reason}" for p in plan.publish],
+        "next_run_at": None if plan.next_run_at is None else format_slot(plan.next_run_at),
     }
     if plan.dropped:
-        extra["dropped"] = [f"{_rfc3339(d.slot)}:{d.reason}" for d in plan.dropped]
+        extra["dropped"] = [f"{format_slot(d.slot)}:{d.reason}" for d in plan.dropped]
     if plan.dropped_range is not None:
         start, end = plan.dropped_range
-        extra["dropped_range"] = [_rfc3339(start), _rfc3339(end)]
+        extra["dropped_range"] = [format_slot(start), format_slot(end)]
     logger.info(
         "subscription %s: %s %d slot(s), dropped %d, next run %s",
         subscription.id,
