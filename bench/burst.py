@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.cpu import StackCpu
 from bench.pipeline import CollectorTail, log, wait_tasks
 from emulators.process import group_members
 from tests.support.reliability import FaultStack, rfc3339
@@ -65,9 +66,13 @@ def main(argv: list[str] | None = None) -> int:
         seed_rate = args.due / (time.monotonic() - began_seed)
         log(f"seeded {args.due:,} due subscriptions ({seed_rate:,.0f} docs/s); ticking")
         expected = args.due * len(SOURCES)
+        cpu = StackCpu(faults.local)
+        cpu.start()
+        started = time.monotonic()
         began = datetime.now(UTC)
         faults.publish("dispatcher-ticks", [(json.dumps({"time": rfc3339(SLOT)}).encode(), {})])
         records = wait_tasks(tail, lambda b: b.get("slot") == rfc3339(SLOT), expected, 900)
+        spent = cpu.report(args.due, "due_message", time.monotonic() - started)
         last = max(datetime.fromisoformat(str(r["received_at"])) for r in records)
         seconds = (last - began).total_seconds()
         ticks = [
@@ -103,12 +108,28 @@ def main(argv: list[str] | None = None) -> int:
         "select_log": ticks,
         "select_duration_ms": select_ms,
         "peak_rss_mib": memory,
+        "cpu": spent,
+        # The fastest this machine could go if the measured CPU per due message were all that
+        # limited it (every component shares the same cores).
+        "cpu_bound_seconds": round(args.due / spent["cpu_bound_per_second"], 1)
+        if spent["cpu_bound_per_second"]
+        else None,
+        "stand_ins_only_seconds": round(args.due / spent["stand_ins_only_per_second"], 1)
+        if spent["stand_ins_only_per_second"]
+        else None,
     }
     print(
         f"\nburst: {args.due:,} due x {len(SOURCES)} sources = {len(records):,} tasks in "
         f"{seconds:.1f}s from the tick ({seconds / 60:.0%} of the minute); select took "
         f"{select_ms} ms; peak RSS select {memory['fn-select']} MiB, fanout "
         f"{memory['fn-fanout']} MiB"
+    )
+    print(
+        f"CPU per due message: {spent['cpu_ms_per_due_message_total']} ms in all "
+        f"(ours {spent['cpu_ms_per_due_message_ours']} ms, emulators/PostgreSQL/collector "
+        f"{spent['cpu_ms_per_due_message_stand_ins']} ms) on {spent['cores']} cores: at best "
+        f"{result['cpu_bound_seconds']} s here, {result['stand_ins_only_seconds']} s even if "
+        "our functions cost nothing"
     )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2, default=str) + "\n")

@@ -31,16 +31,18 @@ import json
 import os
 import platform
 import signal
+import statistics
 import sys
 import tempfile
 import time
 import tracemalloc
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from bench.cpu import StackCpu, emulator_push_rate
 from shared.clients import build_tasks_client
 from shared.dal.cloud_tasks import CloudTasksGateway
 from shared.dal.firestore_store import FirestoreSubscriptionStore
@@ -198,7 +200,10 @@ def task_request(faults: FaultStack, name: str, body: dict[str, Any]) -> TaskReq
 def run_pipeline(
     faults: FaultStack, tail: CollectorTail, due: int, slot: datetime
 ) -> dict[str, Any]:
-    """One tick through the real stack; seconds from publish to the last task collected."""
+    """One tick through the real stack; seconds from publish to the last task collected, and
+    the CPU every component spent on it."""
+    cpu = StackCpu(faults.local)
+    cpu.start()
     select_lines = len(faults.handle.log_lines("fn-select"))
     fanout_lines = len(faults.handle.log_lines("fn-fanout"))
     began = datetime.now(UTC)
@@ -210,6 +215,7 @@ def run_pipeline(
         due,
     )
     wall = time.monotonic() - started
+    spent = cpu.report(due, "due_message", wall)
     last = max(_received(r) for r in records)
     seconds = (last - began).total_seconds()
     ticks = [
@@ -220,6 +226,12 @@ def run_pipeline(
     fanned = faults.handle.log_lines("fn-fanout")[fanout_lines:]
     processed = [line for line in fanned if line.get("outcome") == "acked"]
     created = sum(len(line.get("created_sources", [])) for line in fanned)
+    select_ms = [
+        float(line["duration_ms"])
+        for line in faults.handle.log_lines("fn-select")[select_lines:]
+        if line.get("outcome") == "acked" and "duration_ms" in line
+    ]
+    fanout_ms = [float(line["duration_ms"]) for line in processed if "duration_ms" in line]
     return {
         "tasks": len(records),
         "seconds": round(seconds, 3),
@@ -231,6 +243,9 @@ def run_pipeline(
         "select_invocations": len(ticks),
         "fanout_messages_acked": len(processed),
         "tasks_created": created,
+        "select_seconds": round(sum(select_ms) / 1000, 3),
+        "fanout_median_ms": round(statistics.median(fanout_ms), 1) if fanout_ms else None,
+        "cpu": spent,
     }
 
 
@@ -312,6 +327,31 @@ def run_select(faults: FaultStack, slot: datetime) -> dict[str, Any]:
         "billed_reads": store.streamed + store.empty,
         "seconds": round(seconds, 3),
         "peak_python_mib": round(peak / 2**20, 2),
+    }
+
+
+def machine_bounds(pipeline: Mapping[str, Any], push: Mapping[str, Any]) -> dict[str, Any]:
+    """The fan-out rate this machine allows, from two bounds measured in the same run.
+
+    - push: the emulator keeps at most ``max_in_flight`` pushes outstanding per subscription,
+      so it cannot deliver more than ``max_in_flight / fanout's latency`` due messages a second;
+    - CPU: every component shares the cores, so no more than ``cores / CPU per due message``.
+
+    ``fanout_messages_per_second`` is what the pipeline achieved after select finished.
+    """
+    loops = int(push.get("fanout_like_20ms", {}).get("max_in_flight") or 0)
+    median_ms = pipeline.get("fanout_median_ms")
+    push_bound = round(loops * 1000 / median_ms, 1) if loops and median_ms else None
+    cpu_bound = pipeline["cpu"].get("cpu_bound_per_second")
+    fanout_seconds = max(pipeline["seconds"] - pipeline["select_seconds"], 1e-9)
+    achieved = round(pipeline["fanout_messages_acked"] / fanout_seconds, 1)
+    limits = [b for b in (push_bound, cpu_bound) if b]
+    return {
+        "push_bound_messages_per_second": push_bound,
+        "cpu_bound_messages_per_second": cpu_bound,
+        "stand_ins_only_messages_per_second": pipeline["cpu"].get("stand_ins_only_per_second"),
+        "fanout_messages_per_second": achieved,
+        "share_of_tighter_bound": round(achieved / min(limits), 2) if limits else None,
     }
 
 
@@ -404,8 +444,15 @@ def main(argv: list[str] | None = None) -> int:
     faults = FaultStack(state)
     tail = CollectorTail(faults.local.collector_records)
     rounds: list[dict[str, Any]] = []
+    push: dict[str, Any] = {}
     try:
         faults.speed_up_queues(BENCH_RATE)
+        log("the Pub/Sub emulator's own push rate (an endpoint that does nothing)")
+        push = {
+            "instant": emulator_push_rate(faults.env, 2000),
+            "fanout_like_20ms": emulator_push_rate(faults.env, 400, latency=0.02),
+        }
+        log(f"  {push}")
         template = subscription_doc(
             "template",
             schedule={"every": 300},
@@ -453,6 +500,7 @@ def main(argv: list[str] | None = None) -> int:
                     "pipeline_share_of_ceiling_end_to_end": round(
                         pipeline["tasks_per_second"] / ceiling["tasks_per_second"], 3
                     ),
+                    "bounds": machine_bounds(pipeline, push),
                 }
             )
     finally:
@@ -467,13 +515,15 @@ def main(argv: list[str] | None = None) -> int:
         },
         "when": datetime.now(UTC).isoformat(),
         "dependency_timeout_seconds": args.dependency_timeout,
+        "emulator_push": push,
         "rounds": rounds,
         "cost": cost(rounds[-1]["pipeline"], due, 1, args.interval_minutes) if rounds else None,
     }
     print()
     print(
         f"{'subs':>8} {'due':>5} {'pipeline s':>10} {'naive s':>8} {'speedup':>7} "
-        f"{'create/s':>9} {'pipe/s':>7} {'share':>6} {'sel reads':>9} {'sel s':>6}"
+        f"{'create/s':>9} {'pipe/s':>7} {'share':>6} {'sel reads':>9} {'sel s':>6} "
+        f"{'fan msg/s':>9} {'push bnd':>8} {'cpu bnd':>7} {'cpu ms/msg':>10}"
     )
     for r in rounds:
         print(
@@ -481,7 +531,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['naive']['seconds']:>8.2f} {r['pipeline_speedup_vs_naive']:>6.2f}x "
             f"{r['ceiling']['creates_per_second']:>9.0f} {r['pipeline']['tasks_per_second']:>7.0f} "
             f"{r['pipeline_share_of_ceiling']:>6.0%} {r['select']['billed_reads']:>9} "
-            f"{r['select']['seconds']:>6.2f}"
+            f"{r['select']['seconds']:>6.2f} {r['bounds']['fanout_messages_per_second']:>9.0f} "
+            f"{r['bounds']['push_bound_messages_per_second'] or 0:>8.0f} "
+            f"{r['bounds']['cpu_bound_messages_per_second'] or 0:>7.0f} "
+            f"{r['pipeline']['cpu']['cpu_ms_per_due_message_total'] or 0:>10.1f}"
         )
     if result["cost"]:
         print(json.dumps(result["cost"], indent=2))

@@ -37,6 +37,7 @@ from emulators.process import (
     ManagedProcess,
     StackError,
     free_port,
+    group_members,
     http_ready,
     pid_alive,
     port_is_free,
@@ -407,6 +408,16 @@ class LocalStack:
                 subscriber.close()
                 publisher.transport.close()
             apply_queues(load_settings(environ=env))
+
+    def component_pids(self, name: str) -> list[int]:
+        """Every live process of one component (benchmarks account CPU per component).
+
+        A process group covers each component except PostgreSQL, whose children ``setsid()``
+        away from it and are found through the data directory instead.
+        """
+        if name == "postgres" and self._postgres is not None:
+            return self._postgres.pids()
+        return group_members(self.processes[name].pid)
 
     def stop_component(self, name: str) -> None:
         """Stop one component (fault tests: a dependency goes away mid-run)."""
