@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+import time
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -189,20 +191,55 @@ def _utc_session(conn: psycopg.Connection[Any]) -> None:
     conn.commit()
 
 
+class ProbeIfIdle:
+    """The pool's ``check``: probe a connection before handing it out only if it sat idle.
+
+    A serverless instance thawed after minutes of idleness may hold connections the server or a
+    proxy has closed, so those are probed (one round trip) and replaced if dead. A connection
+    that came back to the pool moments ago is handed out as it is: during a burst the probe would
+    otherwise add a round trip to every ledger call (three per due message in fanout). Should
+    the server restart under a busy pool, the next call on each connection fails, which the
+    callers report as retryable, and the pool discards the broken connection.
+    """
+
+    def __init__(
+        self, idle_seconds: float = 5.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.idle_seconds = idle_seconds
+        self._clock = clock
+        self._returned: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = (
+            weakref.WeakKeyDictionary()
+        )
+        self.probes = 0
+
+    def returned(self, conn: psycopg.Connection[Any]) -> None:
+        """The pool's ``reset`` callback: remember when the connection came back."""
+        self._returned[conn] = self._clock()
+
+    def check(self, conn: psycopg.Connection[Any]) -> None:
+        """Raise if an idle connection is dead (the pool then replaces it)."""
+        last = self._returned.get(conn)
+        if last is not None and self._clock() - last < self.idle_seconds:
+            return
+        self.probes += 1
+        ConnectionPool.check_connection(conn)
+
+
 def open_pool(
     conninfo: str,
     min_size: int = 1,
     max_size: int = 4,
     *,
     timeout: float = 10.0,
+    probe: ProbeIfIdle | None = None,
 ) -> ConnectionPool[psycopg.Connection[Any]]:
     """A connection pool that has not connected yet.
 
     It opens on first use by :class:`Ledger` (or an explicit ``pool.open()``), so building one at
-    import or configuration time makes no network call. ``check`` probes an idle connection
-    before handing it out: a serverless instance thawed after minutes of idleness may hold
-    connections the server or a proxy has closed.
+    import or configuration time makes no network call. Connections that sat idle are probed
+    before being handed out (:class:`ProbeIfIdle`).
     """
+    probe = probe or ProbeIfIdle()
     return ConnectionPool(
         conninfo,
         min_size=min_size,
@@ -210,7 +247,8 @@ def open_pool(
         open=False,
         timeout=timeout,
         configure=_utc_session,
-        check=ConnectionPool.check_connection,
+        check=probe.check,
+        reset=probe.returned,
         name="ledger",
     )
 
