@@ -72,21 +72,5 @@ class LedgerGateway:
         )
 
     def run_reasons(self, run_ids: Sequence[int]) -> dict[int, str]:
-        """The reason of each run (a run pruned meanwhile is absent), in one query.
-
-        A dispatch row does not repeat its run's reason, which the collector body carries.
-        """
-        if not run_ids:
-            return {}
-
-        def query() -> dict[int, str]:
-            pool = self._factory().pool
-            if pool.closed:
-                pool.open()
-            with pool.connection() as conn:
-                rows = conn.execute(
-                    "SELECT id, reason FROM runs WHERE id = ANY(%s)", (list(run_ids),)
-                ).fetchall()
-            return {int(row[0]): str(row[1]) for row in rows}
-
-        return _guard("run_reasons", query)
+        """See :meth:`Ledger.run_reasons`."""
+        return _guard("run_reasons", lambda: self._factory().run_reasons(run_ids))

@@ -417,6 +417,19 @@ class Ledger:
             raise LedgerError(f"dispatch rows vanished while claiming: {missing}")
         return [by_source[i] for i in ids]
 
+    def run_reasons(self, run_ids: Sequence[int]) -> dict[int, str]:
+        """The reason of each run (a run pruned meanwhile is absent), in one query.
+
+        A dispatch row does not repeat its run's reason, which the collector body carries.
+        """
+        if not run_ids:
+            return {}
+        with self._connection() as conn:
+            rows = conn.execute(
+                "SELECT id, reason FROM runs WHERE id = ANY(%s)", (list(run_ids),)
+            ).fetchall()
+        return {int(row[0]): str(row[1]) for row in rows}
+
     def mark_created(self, dispatch_id: int) -> bool:
         """The Cloud Task exists (created, or ALREADY_EXISTS). False if it was already marked."""
         return self.mark_created_many([dispatch_id]) == 1

@@ -218,6 +218,16 @@ def test_mark_created_many_counts_changes(ledger: Ledger) -> None:
     assert ledger.mark_created_many([]) == 0
 
 
+def test_run_reasons_maps_each_existing_run_to_its_reason(ledger: Ledger) -> None:
+    scheduled = ledger.record_run("acme", SLOT, "schedule")
+    replayed = ledger.record_run("acme", SLOT + timedelta(minutes=1), "replay")
+
+    reasons = ledger.run_reasons([scheduled.id, replayed.id, 999_999])
+
+    assert reasons == {scheduled.id: "schedule", replayed.id: "replay"}
+    assert ledger.run_reasons([]) == {}
+
+
 # -- queries ---------------------------------------------------------------------------------
 
 
