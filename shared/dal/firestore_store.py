@@ -1,14 +1,16 @@
 """The ``subscriptions`` collection in Firestore, for every consumer.
 
-select reads the due query and advances conditionally, fanout reads one document, and the admin,
-maintenance and sync code create, replace, update, delete and page. Each consumer depends on its
+select reads the due query and advances conditionally (a page's advances in one BatchWrite),
+fanout reads one document, and the admin, maintenance and sync code create, replace, update,
+delete and page. Each consumer depends on its
 own narrow Protocol (:class:`shared.usecases.select_due.SubscriptionStore`,
 :class:`shared.usecases.fanout.SubscriptionReader`, :class:`shared.ops.store.SubscriptionStore`);
 this one class implements all of them.
 
 Writes that depend on what was read are conditional on the document's update time (Firestore's
 ``last_update_time`` precondition), never blind read-then-write: a lost race is reported
-(``advance`` returns False, the admin writes raise :class:`~shared.dal.records.StoreConflict`).
+(``advance`` / ``advance_many`` answer False, the admin writes raise
+:class:`~shared.dal.records.StoreConflict`).
 
 Every call carries an explicit timeout and a short retry budget, so a Firestore outage (or a dead
 emulator) fails the invocation quickly with a :class:`~shared.errors.RetryableError` instead of
@@ -22,15 +24,18 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
 
 from google.api_core import exceptions as gexc
 from google.api_core import retry as gretry
+from google.rpc import code_pb2
 
 from shared.dal.due_query import due_query
-from shared.dal.records import AlreadyExists, StoreConflict, StoredSubscription
+from shared.dal.records import Advance, AlreadyExists, StoreConflict, StoredSubscription
 from shared.errors import DependencyTimeoutError, DependencyUnavailableError
 
 if TYPE_CHECKING:
@@ -53,12 +58,28 @@ _TRANSIENT = gretry.if_exception_type(
 )
 
 
+_RETRY_INITIAL: Final = 0.1
+_RETRY_MAXIMUM: Final = 1.0
+_RETRY_MULTIPLIER: Final = 2.0
+
+# BatchWrite takes at most 500 writes; a few chunks in flight at once.
+BATCH_WRITE_LIMIT: Final = 500
+_BATCH_WRITE_WORKERS: Final = 4
+
+# Per-write codes of a BatchWrite: the precondition failed or the document is gone (conflict),
+# or the write was not applied for a passing reason (the transient RPC errors above).
+_CONFLICT_CODES: Final = frozenset({code_pb2.FAILED_PRECONDITION, code_pb2.NOT_FOUND})
+_TRANSIENT_CODES: Final = frozenset(
+    {code_pb2.UNAVAILABLE, code_pb2.DEADLINE_EXCEEDED, code_pb2.INTERNAL, code_pb2.ABORTED}
+)
+
+
 def _retry(budget: float) -> gretry.Retry:
     return gretry.Retry(
         predicate=_TRANSIENT,
-        initial=0.1,
-        maximum=1.0,
-        multiplier=2.0,
+        initial=_RETRY_INITIAL,
+        maximum=_RETRY_MAXIMUM,
+        multiplier=_RETRY_MULTIPLIER,
         timeout=budget,
     )
 
@@ -76,6 +97,23 @@ def _translate(action: str, call: Callable[[], _T]) -> _T:
 # What a conditional write answers when the document changed or vanished since it was read.
 # (Aborted, contention, is retried with the transient errors; the precondition still holds.)
 _CONFLICTS: Final = (gexc.FailedPrecondition, gexc.NotFound)
+
+
+def _raise_status(action: str, status: Any) -> NoReturn:
+    """Raise one write's failed status as the dispatcher error the same RPC error would give."""
+    error = gexc.from_grpc_status(status.code, status.message)  # type: ignore[no-untyped-call]
+
+    def fail() -> NoReturn:
+        raise error
+
+    _translate(action, fail)
+    raise AssertionError("unreachable: _translate re-raises every Google API error")
+
+
+def _advance_fields(item: Advance, now: datetime) -> dict[str, Any]:
+    if item.expired:
+        return {"status": "expired", "next_run_at": None, "updated_at": now}
+    return {"next_run_at": item.next_run_at, "updated_at": now}
 
 
 def _conflict(exc: DependencyUnavailableError, kinds: tuple[type[Exception], ...]) -> bool:
@@ -195,27 +233,87 @@ class FirestoreSubscriptionStore:
     ) -> bool:
         """Store the new ``next_run_at`` (or mark expired) if nobody wrote the document since it
         was read. Returns False when the precondition failed (somebody else advanced it)."""
-        fields: dict[str, Any] = {"next_run_at": next_run_at, "updated_at": now}
-        if expired:
-            fields = {"status": "expired", "next_run_at": None, "updated_at": now}
-        ref = self._ref(doc.id)
-        option = (
-            self.client.write_option(last_update_time=doc.update_time)
-            if doc.update_time is not None
-            else self.client.write_option(exists=True)
-        )
-        try:
-            _translate(
-                f"advance {doc.id}",
-                lambda: ref.update(
-                    fields, option=option, retry=_retry(self._retry_budget), timeout=self._timeout
-                ),
+        return self.advance_many([Advance(doc, next_run_at, expired)], now=now)[0]
+
+    def advance_many(self, items: Sequence[Advance], *, now: datetime) -> list[bool]:
+        """:meth:`advance` for many documents in few RPCs; one outcome per item, in order.
+
+        Each write keeps its own ``update_time`` precondition and its own outcome: Firestore's
+        BatchWrite is not atomic, so a conflicting document (False) does not hold up the
+        others. Chunks of :data:`BATCH_WRITE_LIMIT` writes go out concurrently. Writes answered
+        with a transient code (contention, unavailable) are sent again within the retry budget;
+        any other failure raises a :class:`~shared.errors.RetryableError` once every chunk has
+        finished -- the writes that succeeded stay applied, which is safe: each stored a value
+        planned from the value it replaced.
+        """
+        if not items:
+            return []
+        ids = [item.doc.id for item in items]
+        if len(set(ids)) != len(ids):
+            # BatchWrite applies writes in no particular order; two to one document are a bug.
+            raise ValueError("advance_many got the same document more than once")
+        chunks = [
+            items[start : start + BATCH_WRITE_LIMIT]
+            for start in range(0, len(items), BATCH_WRITE_LIMIT)
+        ]
+        if len(chunks) == 1:
+            return self._advance_chunk(chunks[0], now)
+        with ThreadPoolExecutor(
+            min(len(chunks), _BATCH_WRITE_WORKERS), "firestore-advance"
+        ) as pool:
+            futures = [pool.submit(self._advance_chunk, chunk, now) for chunk in chunks]
+        # Leaving the pool waited for every chunk: no write is in flight when this raises.
+        return [outcome for future in futures for outcome in future.result()]
+
+    def _advance_chunk(self, chunk: Sequence[Advance], now: datetime) -> list[bool]:
+        from google.cloud.firestore_v1.bulk_batch import BulkWriteBatch
+
+        outcomes: list[bool | None] = [None] * len(chunk)
+        pending = list(range(len(chunk)))
+        deadline = time.monotonic() + self._retry_budget
+        delay = _RETRY_INITIAL
+        while True:
+            batch = BulkWriteBatch(self.client)
+            for index in pending:
+                item = chunk[index]
+                # No option when the update time is unknown: update() requires existence itself.
+                option = (
+                    self.client.write_option(last_update_time=item.doc.update_time)
+                    if item.doc.update_time is not None
+                    else None
+                )
+                batch.update(self._ref(item.doc.id), _advance_fields(item, now), option=option)
+            budget = max(deadline - time.monotonic(), _RETRY_INITIAL)
+            response = _translate(
+                f"advance {len(pending)} documents (first {chunk[pending[0]].doc.id})",
+                functools.partial(batch.commit, retry=_retry(budget), timeout=self._timeout),
             )
-        except DependencyUnavailableError as exc:
-            if _conflict(exc, _CONFLICTS):
-                return False
-            raise
-        return True
+            statuses = list(response.status)
+            if len(statuses) != len(pending):
+                raise DependencyUnavailableError(
+                    DEPENDENCY,
+                    f"advance: {len(statuses)} statuses for {len(pending)} writes",
+                )
+            again: list[tuple[int, Any]] = []
+            for index, status in zip(pending, statuses, strict=True):
+                if status.code == code_pb2.OK:
+                    outcomes[index] = True
+                elif status.code in _CONFLICT_CODES:
+                    outcomes[index] = False
+                elif status.code in _TRANSIENT_CODES:
+                    again.append((index, status))
+                else:
+                    _raise_status(f"advance {chunk[index].doc.id}", status)
+            if not again:
+                return [bool(outcome) for outcome in outcomes]
+            if time.monotonic() + delay > deadline:
+                index, status = again[0]
+                _raise_status(f"advance {chunk[index].doc.id} (retry budget spent)", status)
+            # The same preconditions go out again: a write that did apply meanwhile now fails
+            # its precondition and reads as a conflict, never as a second advance.
+            time.sleep(delay)
+            delay = min(delay * _RETRY_MULTIPLIER, _RETRY_MAXIMUM)
+            pending = [index for index, _ in again]
 
     def create(self, subscription_id: str, data: Mapping[str, Any]) -> None:
         """Create the document; :class:`AlreadyExists` if it is there."""

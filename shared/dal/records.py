@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 __all__ = [
+    "Advance",
     "AlreadyExists",
     "OutboundMessage",
     "StoreConflict",
@@ -42,6 +43,20 @@ class StoredSubscription:
     data: Mapping[str, Any]
     update_time: datetime | None = None
     cursor: Any = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Advance:
+    """One conditional advance select asks of the store: ``doc`` as read, and what to store.
+
+    ``next_run_at`` is the next slot to plan from; ``expired`` marks the subscription expired
+    instead (``next_run_at`` is then ignored and cleared). The write applies only if ``doc`` is
+    unchanged since it was read (its ``update_time``).
+    """
+
+    doc: StoredSubscription
+    next_run_at: datetime | None
+    expired: bool = False
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ Pub/Sub keeps across redeliveries, so a redelivered tick is the same tick):
    ``next_run_at`` (``None``: expired);
 3. the page's due messages are published and **every** publish future is waited on; a failure
    raises :class:`~shared.errors.RetryableError` before any document of that page is written;
-4. each planned document is advanced with a write conditioned on its ``update_time`` as read.
+4. the page's planned documents are advanced together (one BatchWrite per page, not atomic),
+   each write conditioned on its own document's ``update_time`` as read and answered on its own.
 
 Invariant: **no slot is ever lost; a slot can be published more than once.**
 
@@ -19,23 +20,26 @@ subscription was, by some tick, either published on ``dispatcher-due`` (confirme
 deliberately dropped by its catch-up policy with a log line. Proof, by induction on the writes
 to ``N``:
 
-* ``N`` changes only through :meth:`advance` here (or an operator, see below). Our write of
+* ``N`` changes only through :meth:`advance_many` here (or an operator, see below). Our write of
   ``N -> N'`` happens only after every message of ``plan_tick(N, T)`` for that document was
   confirmed (step 3 precedes step 4, and a failed publish aborts before step 4).
 * ``plan_tick``'s own invariant (:mod:`shared.scheduling.catchup`): the plan from ``N`` at ``T``
   puts every slot in ``[N, T]`` into exactly one of publish / dropped / dropped-range, and
   ``N'`` is the first slot after ``T``. So once ``N'`` is stored, every slot below ``N'`` is
   accounted for.
-* The write is conditional on the document being unchanged since it was read, i.e. on ``N``
-  still being the stored value. A write therefore never replaces a value it did not plan from:
-  when two ticks overlap, the loser's write fails (logged, harmless) and the winner's plan
-  covered everything up to the value it stored; neither can skip an interval. An operator's
-  edit (pause, new schedule, recompute) also makes our write fail, and their value stands.
+* Each document's write is conditional on that document being unchanged since it was read,
+  i.e. on ``N`` still being the stored value; batching changes the number of RPCs, not the
+  conditions (a conflicting document fails alone, the others of the batch still apply). A
+  write therefore never replaces a value it did not plan from: when two ticks overlap, the
+  loser's write fails (logged, harmless) and the winner's plan covered everything up to the
+  value it stored; neither can skip an interval. An operator's edit (pause, new schedule,
+  recompute) also makes our write fail, and their value stands.
 * Any failure between publishing and writing (crash, timeout, failed write) leaves ``N`` where
-  it was; the redelivered tick, or the next one, plans again from ``N``. Missed ticks are the
-  same case: the next tick plans from the old ``N`` and the catch-up policy decides. Replaying
-  the tick of a missed minute (explicit ``time``) before a later tick ran dispatches what was
-  missed; after it, ``T < N`` and the replay plans nothing.
+  it was for every document whose write did not apply (those of the page that did apply hold
+  values planned as above); the redelivered tick, or the next one, plans again from ``N``.
+  Missed ticks are the same case: the next tick plans from the old ``N`` and the catch-up
+  policy decides. Replaying the tick of a missed minute (explicit ``time``) before a later
+  tick ran dispatches what was missed; after it, ``T < N`` and the replay plans nothing.
 * Paging cannot skip a document: pages resume after the last document's (``next_run_at``, id)
   position, and a document only leaves the result set by being advanced.
 
@@ -60,7 +64,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 from shared.config import Settings
-from shared.dal.records import OutboundMessage, StoredSubscription
+from shared.dal.records import Advance, OutboundMessage, StoredSubscription
 from shared.envelope import PushMessage, parse_rfc3339
 from shared.errors import InvalidRequestError, RetryableError
 from shared.instants import format_slot
@@ -78,7 +82,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _MAX_SHARD_WORKERS = 8
-_MAX_WRITE_WORKERS = 16
 
 _T = TypeVar("_T")
 
@@ -96,15 +99,13 @@ class SubscriptionDueStore(Protocol):
         """Up to ``limit`` due documents of ``shard`` by ``next_run_at``, after ``after``."""
         ...
 
-    def advance(
-        self,
-        doc: StoredSubscription,
-        next_run_at: datetime | None,
-        *,
-        expired: bool,
-        now: datetime,
-    ) -> bool:
-        """Conditionally store ``next_run_at`` (or expire); False if the document changed."""
+    def advance_many(self, items: Sequence[Advance], *, now: datetime) -> list[bool]:
+        """Conditionally store each item's ``next_run_at`` (or expire it); one outcome per item,
+        in order: False if that document changed since it was read.
+
+        Raises :class:`~shared.errors.RetryableError` when any write failed otherwise (the
+        others may have applied).
+        """
         ...
 
 
@@ -198,11 +199,8 @@ def select_due(
     shards = [int(shard)] if shard is not None else list(range(settings.shard_count))
     total = SelectResult(tick_time=tick, dry_run=dry_run)
     errors: list[RetryableError] = []
-    with (
-        ThreadPoolExecutor(min(len(shards), _MAX_SHARD_WORKERS), "select-shard") as shard_pool,
-        ThreadPoolExecutor(_MAX_WRITE_WORKERS, "select-write") as write_pool,
-    ):
-        ctx = _Tick(deps, tick, dry_run, message.message_id, write_pool)
+    with ThreadPoolExecutor(min(len(shards), _MAX_SHARD_WORKERS), "select-shard") as shard_pool:
+        ctx = _Tick(deps, tick, dry_run, message.message_id)
         futures = {s: _in_context(shard_pool, _select_shard, ctx, s) for s in shards}
         for s, future in futures.items():
             try:
@@ -244,7 +242,6 @@ class _Tick:
     time: datetime
     dry_run: bool
     tick_id: str
-    write_pool: ThreadPoolExecutor
 
 
 def _select_shard(ctx: _Tick, shard: int) -> SelectResult:
@@ -305,20 +302,18 @@ def _process_page(ctx: _Tick, page: Sequence[StoredSubscription], result: Select
     # Step 3 before step 4: nothing is advanced unless every due message of the page is out.
     deps.publisher.publish(outbound)
 
-    now = deps.clock()
-    writes = [
-        (subscription, plan, _in_context(ctx.write_pool, _advance, deps, doc, plan, now))
-        for doc, subscription, plan in planned
-        if plan.advanced
-    ]
-    failure: RetryableError | None = None
-    for subscription, plan, future in writes:
-        try:
-            written = future.result()
-        except RetryableError as exc:
-            failure = failure or exc
-            continue
-        if not written:
+    advancing = [entry for entry in planned if entry[2].advanced]
+    if not advancing:
+        return
+    # One call for the page. A failure raises for the whole page: the shard's error is reported
+    # once the other shards finish, and the redelivered tick plans again from what was not
+    # written.
+    written = deps.store.advance_many(
+        [Advance(doc, plan.next_run_at, plan.expired) for doc, _, plan in advancing],
+        now=deps.clock(),
+    )
+    for (_, subscription, plan), ok in zip(advancing, written, strict=True):
+        if not ok:
             result.conflicts += 1
             logger.info(
                 "subscription %s changed since it was read (overlapping tick or an edit); "
@@ -335,14 +330,6 @@ def _process_page(ctx: _Tick, page: Sequence[StoredSubscription], result: Select
             )
         else:
             result.advanced += 1
-    if failure is not None:
-        raise failure
-
-
-def _advance(
-    deps: SelectDependencies, doc: StoredSubscription, plan: TickPlan, now: datetime
-) -> bool:
-    return deps.store.advance(doc, plan.next_run_at, expired=plan.expired, now=now)
 
 
 def _log_plan(subscription: Subscription, plan: TickPlan, dry_run: bool) -> None:

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shared.dal.records import (
+    Advance,
     AlreadyExists,
     OutboundMessage,
     StoreConflict,
@@ -52,6 +53,10 @@ class FakeSubscriptionStore:
         self.lock = threading.Lock()
         # Called between the read of a page and the conditional write (simulates a race).
         self.on_read: Any = None
+        # Every advance_many call's document ids; ``fail_advance`` ids make their call raise
+        # after the others were written (BatchWrite is not atomic).
+        self.advance_calls: list[list[str]] = []
+        self.fail_advance: set[str] = set()
 
     def put(self, doc_id: str, data: Mapping[str, Any]) -> None:
         with self.lock:
@@ -111,6 +116,18 @@ class FakeSubscriptionStore:
             data["updated_at"] = now
             self.versions[doc.id] += 1
             return True
+
+    def advance_many(self, items: Sequence[Advance], *, now: datetime) -> list[bool]:
+        with self.lock:
+            self.advance_calls.append([item.doc.id for item in items])
+        outcomes = [
+            self.advance(item.doc, item.next_run_at, expired=item.expired, now=now)
+            for item in items
+            if item.doc.id not in self.fail_advance
+        ]
+        if any(item.doc.id in self.fail_advance for item in items):
+            raise DependencyUnavailableError("firestore", "injected advance failure")
+        return outcomes
 
     def get(self, subscription_id: str) -> StoredSubscription | None:
         with self.lock:

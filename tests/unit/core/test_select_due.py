@@ -299,3 +299,66 @@ def test_every_decision_is_logged_with_its_subscription(
         ("ending", "expired"),
         ("broken", "invalid"),
     }
+
+
+def test_each_page_is_advanced_with_one_store_call(
+    deps: SelectDependencies, store: FakeSubscriptionStore
+) -> None:
+    ids = [f"sub-{i:02d}" for i in range(23)]
+    for sid in ids:
+        add(store, sid, utc("2026-01-05T09:00"))
+    select_due({"time": "2026-01-05T09:00:00Z"}, message(), deps=deps)
+    # page size 2: one call per page, never a call per document or across pages.
+    assert all(1 <= len(call) <= 2 for call in store.advance_calls)
+    assert sorted(sid for call in store.advance_calls for sid in call) == ids
+    assert len(store.advance_calls) < len(ids)
+
+
+def test_a_conflict_in_a_page_is_logged_alone_and_the_rest_advance(
+    deps: SelectDependencies, store: FakeSubscriptionStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    ids = [f"sub-{i:02d}" for i in range(6)]
+    for sid in ids:
+        add(store, sid, utc("2026-01-05T09:00"))
+    edited = utc("2026-01-05T12:00")
+
+    def operator_edits(page: list[object]) -> None:
+        if "sub-03" in store.docs and store.docs["sub-03"]["next_run_at"] != edited:
+            store.put("sub-03", dict(store.docs["sub-03"], next_run_at=edited))
+
+    store.on_read = operator_edits
+    with caplog.at_level(logging.INFO, logger="shared.usecases.select_due"):
+        result = select_due({"time": "2026-01-05T09:00:00Z"}, message(), deps=deps)
+    assert result.conflicts == 1 and result.advanced == 5
+    conflicts = [r for r in caplog.records if getattr(r, "decision", None) == "conflict"]
+    assert [getattr(r, "subscription_id", None) for r in conflicts] == ["sub-03"]
+    assert store.docs["sub-03"]["next_run_at"] == edited
+    assert all(
+        store.docs[s]["next_run_at"] == utc("2026-01-05T09:05") for s in ids if s != "sub-03"
+    )
+
+
+def test_a_failed_advance_fails_the_tick_after_the_other_shards_finished(
+    deps: SelectDependencies, store: FakeSubscriptionStore, publisher: FakePublisher
+) -> None:
+    ids = [f"sub-{i:02d}" for i in range(12)]
+    for sid in ids:
+        add(store, sid, utc("2026-01-05T09:00"))
+    shards = {sid: store.docs[sid]["shard"] for sid in ids}
+    broken = "sub-00"
+    store.fail_advance = {broken}
+    with pytest.raises(RetryableError, match="injected advance failure"):
+        tick(deps, "2026-01-05T09:00:00Z")
+    # The failing shard stopped at that page; every other shard went all the way.
+    assert store.docs[broken]["next_run_at"] == utc("2026-01-05T09:00")
+    others = [s for s in ids if shards[s] != shards[broken]]
+    assert others, "the ids must span more than one shard"
+    assert all(store.docs[s]["next_run_at"] == utc("2026-01-05T09:05") for s in others)
+    # The redelivered tick publishes what was not advanced again and finishes the job.
+    store.fail_advance = set()
+    tick(deps, "2026-01-05T09:00:00Z")
+    assert store.docs[broken]["next_run_at"] == utc("2026-01-05T09:05")
+    assert [s for s, _, _ in published(publisher)].count(broken) == 2
+    assert all(store.docs[s]["next_run_at"] == utc("2026-01-05T09:05") for s in ids), (
+        "nothing may be left behind after the retry"
+    )
