@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -17,4 +18,10 @@ def project_root() -> Path:
     override = os.environ.get(HOME_ENV)
     if override:
         return Path(override)
+    return _package_parent()
+
+
+@functools.cache
+def _package_parent() -> Path:
+    # resolve() costs a few syscalls per path component; every schema validation asks.
     return Path(__file__).resolve().parent.parent
