@@ -318,6 +318,7 @@ def run_select(faults: FaultStack, slot: datetime) -> dict[str, Any]:
     seconds = time.monotonic() - started
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
+    floor = emulator_query_floor(faults)
     return {
         "due_found": result.published,
         "documents_streamed": store.streamed,
@@ -327,7 +328,26 @@ def run_select(faults: FaultStack, slot: datetime) -> dict[str, Any]:
         "billed_reads": store.streamed + store.empty,
         "seconds": round(seconds, 3),
         "peak_python_mib": round(peak / 2**20, 2),
+        # What the Firestore emulator charges for any query on this collection, even one
+        # returning a single document: its per-query scan, not our query's reads.
+        "emulator_one_document_query_seconds": round(floor, 3),
+        "emulator_floor_for_these_queries_seconds": round(floor * store.queries, 3),
     }
+
+
+def emulator_query_floor(faults: FaultStack, repeats: int = 3) -> float:
+    """Median seconds of ``subscriptions.limit(1)`` on the emulator (production: milliseconds).
+
+    The emulator keeps no index: every query walks the whole collection, so this grows with
+    the collection while the one document read stays the same.
+    """
+    collection = faults.firestore.collection("subscriptions")
+    times = []
+    for _ in range(repeats):
+        started = time.monotonic()
+        list(collection.limit(1).stream(timeout=600))
+        times.append(time.monotonic() - started)
+    return statistics.median(times)
 
 
 def machine_bounds(pipeline: Mapping[str, Any], push: Mapping[str, Any]) -> dict[str, Any]:
