@@ -15,7 +15,11 @@ same run:
 - **select scaling**: select run in-process (dry run) on the same data: documents streamed,
   queries, empty pages, time and peak Python memory (tracemalloc);
 - **cost per due subscription**, counted from the functions' own log lines of the pipeline run,
-  and a monthly estimate at 100k subscriptions on list prices (``PRICES`` below).
+  and a monthly estimate at 100k subscriptions on list prices (``PRICES`` below);
+- **the machine's bounds** (:mod:`bench.cpu`): the CPU every component spent per due message
+  during the pipeline run (all share the same cores), the Pub/Sub emulator's own push rate and
+  concurrency, and the Firestore emulator's cost of a one-document query at each size, so each
+  figure above can be read against what this machine and these emulators allow at all.
 
 Prints the ratios and writes JSON (default ``bench/results/pipeline.json``).
 
