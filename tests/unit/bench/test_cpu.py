@@ -69,6 +69,7 @@ def test_machine_bounds_compare_the_whole_run_with_cpu_and_the_fanout_phase_with
     pipeline = {
         "seconds": 12.5,
         "select_seconds": 2.5,
+        "fanout_seconds": 10.0,
         "fanout_messages_acked": 800,
         "fanout_median_ms": 20.0,
         "cpu": {"cpu_bound_per_second": 80.0, "stand_ins_only_per_second": 160.0},
