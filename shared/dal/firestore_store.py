@@ -67,10 +67,18 @@ BATCH_WRITE_LIMIT: Final = 500
 _BATCH_WRITE_WORKERS: Final = 4
 
 # Per-write codes of a BatchWrite: the precondition failed or the document is gone (conflict),
-# or the write was not applied for a passing reason (the transient RPC errors above).
+# or the write was not applied for a passing reason: the transient RPC errors above, and
+# RESOURCE_EXHAUSTED, which a burst of writes on the indexed next_run_at can meet while
+# Firestore splits the hot key range (Google's guidance: back off and retry).
 _CONFLICT_CODES: Final = frozenset({code_pb2.FAILED_PRECONDITION, code_pb2.NOT_FOUND})
 _TRANSIENT_CODES: Final = frozenset(
-    {code_pb2.UNAVAILABLE, code_pb2.DEADLINE_EXCEEDED, code_pb2.INTERNAL, code_pb2.ABORTED}
+    {
+        code_pb2.UNAVAILABLE,
+        code_pb2.DEADLINE_EXCEEDED,
+        code_pb2.INTERNAL,
+        code_pb2.ABORTED,
+        code_pb2.RESOURCE_EXHAUSTED,
+    }
 )
 
 

@@ -136,9 +136,16 @@ def test_writes_go_out_in_chunks_of_500_and_come_back_in_order(
 def test_a_write_answered_with_a_transient_code_is_sent_again_alone(
     store: FirestoreSubscriptionStore, api: ScriptedApi
 ) -> None:
-    api.codes = {"b": [code_pb2.ABORTED], "c": [code_pb2.UNAVAILABLE, code_pb2.FAILED_PRECONDITION]}
-    assert store.advance_many([item(i) for i in "abc"], now=NOW) == [True, True, False]
-    assert [sorted(_doc_id(w) for w in call) for call in api.calls] == [["a", "b", "c"], ["b", "c"]]
+    api.codes = {
+        "b": [code_pb2.ABORTED],
+        "c": [code_pb2.UNAVAILABLE, code_pb2.FAILED_PRECONDITION],
+        "d": [code_pb2.RESOURCE_EXHAUSTED],
+    }
+    assert store.advance_many([item(i) for i in "abcd"], now=NOW) == [True, True, False, True]
+    assert [sorted(_doc_id(w) for w in call) for call in api.calls] == [
+        ["a", "b", "c", "d"],
+        ["b", "c", "d"],
+    ]
     assert api.calls[1][0].current_document.update_time == READ_AT
 
 
