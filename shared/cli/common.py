@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any, NoReturn
 
 from rich.console import Console
 
-console = Console()
+# Rich lays tables out for 80 columns when stdout is not a terminal, and cuts cells with "…":
+# `dispatcher ledger runs acme | less`, or a paste into an incident document, would lose the
+# slots and errors it was run for. Piped output gets room instead; a terminal (or an explicit
+# COLUMNS) keeps its own width.
+PIPED_WIDTH = 200
+
+
+def _width() -> int | None:
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        return None
+    return PIPED_WIDTH
+
+
+console = Console(width=_width())
 err_console = Console(stderr=True)
 
 

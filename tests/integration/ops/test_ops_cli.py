@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -259,6 +262,31 @@ def test_ledger_cli(ctx: OpsContext, invoke: Callable[..., Any]) -> None:
         ("feed", "created", "projects/p/tasks/abc")
     ]
     assert invoke("ledger", "dispatches", "acme", "--slot", "yesterday").exit_code == 2
+
+
+def test_piped_tables_keep_every_cell_whole(ctx: OpsContext, ops_env: dict[str, str]) -> None:
+    # An operator's `dispatcher ledger runs ... | less` (stdout not a terminal): no ellipses.
+    ledger = ctx.ledger()
+    run = ledger.record_run("acme-piped-output", datetime(2026, 1, 5, 9, tzinfo=UTC), "replay")
+    ledger.mark_failed(
+        ledger.claim_dispatch(run, "feed", "rss", "projects/p/tasks/x", "collect-rss").dispatch_id,
+        "503 Service Unavailable from the collector",
+    )
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"} | ops_env
+    dispatcher = Path(sys.executable).with_name("dispatcher")
+
+    shown = subprocess.run(
+        [str(dispatcher), "ledger", "runs", "acme-piped-output"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+
+    assert "…" not in shown, shown
+    assert "acme-piped-output" in shown, shown
+    assert "503 Service Unavailable from the collector" in shown, shown
 
 
 def test_ledger_unreachable_is_one_line(
