@@ -55,5 +55,6 @@ def bench(session: nox.Session) -> None:
     import pathlib
 
     for script in sorted(pathlib.Path("bench").glob("*.py")):
-        if not script.name.startswith("_"):
+        # Programs only: helpers such as bench/cpu.py have no __main__ block.
+        if not script.name.startswith("_") and "__main__" in script.read_text():
             session.run("python", "-m", f"bench.{script.stem}", *session.posargs)
