@@ -210,6 +210,7 @@ class ProbeIfIdle:
         self._returned: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = (
             weakref.WeakKeyDictionary()
         )
+        # How many probes ran: for tests and debugging (unlocked, so approximate under threads).
         self.probes = 0
 
     def returned(self, conn: psycopg.Connection[Any]) -> None:
