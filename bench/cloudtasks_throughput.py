@@ -39,6 +39,7 @@ import requests
 from google.cloud import tasks_v2
 from google.cloud.tasks_v2.services.cloud_tasks.transports import CloudTasksGrpcTransport
 
+from bench.cpu import process_cpu_seconds
 from emulators.process import ManagedProcess, free_port, http_ready
 
 PARENT = "projects/bench/locations/us-central1"
@@ -252,11 +253,18 @@ def _machine_busy() -> float:
 
 def _with_cpu(pid: int, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """Add the cores the emulator and the whole machine kept busy during ``measure``."""
-    emulator_before, machine_before = _cpu_seconds(pid), _machine_busy()
+
+    def emulator_cpu() -> float:
+        seconds = process_cpu_seconds(pid)
+        if seconds is None:
+            raise RuntimeError(f"the Cloud Tasks emulator (pid {pid}) exited mid-measurement")
+        return seconds
+
+    emulator_before, machine_before = emulator_cpu(), _machine_busy()
     started = time.perf_counter()
     result = measure()
     elapsed = time.perf_counter() - started
-    result["emulator_cores_busy"] = round((_cpu_seconds(pid) - emulator_before) / elapsed, 2)
+    result["emulator_cores_busy"] = round((emulator_cpu() - emulator_before) / elapsed, 2)
     result["machine_cores_busy"] = round((_machine_busy() - machine_before) / elapsed, 2)
     return result
 
@@ -314,11 +322,6 @@ def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _repeat(times: int, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return _best([measure() for _ in range(times)])
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # --------------------------------------------------------------------------- main

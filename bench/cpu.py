@@ -26,6 +26,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from emulators.process import stat_fields
+
 if TYPE_CHECKING:
     from emulators.stack import LocalStack
 
@@ -38,14 +40,10 @@ DRIVER = "bench-driver"
 
 def process_cpu_seconds(pid: int, proc: Path = Path("/proc")) -> float | None:
     """User + system CPU seconds of one live process, or ``None`` if it is gone."""
-    try:
-        text = (proc / str(pid) / "stat").read_text()
-    except OSError:
+    fields = stat_fields(pid, proc)
+    if fields is None:
         return None
-    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
-    fields = text.rsplit(")", 1)[1].split()
-    utime, stime = int(fields[11]), int(fields[12])
-    return (utime + stime) / os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass

@@ -71,10 +71,23 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     # A zombie (exited, not yet reaped) still answers kill(0); /proc tells the truth.
-    with contextlib.suppress(OSError):
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    return True
+    fields = stat_fields(pid)
+    return fields is None or fields[0] != "Z"
+
+
+def stat_fields(pid: int, proc: Path = Path("/proc")) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name, or ``None`` if it is gone.
+
+    Index 0 is the state, 1 the parent pid, 2 the process group, 11 and 12 user and system
+    CPU ticks. The command name may hold spaces and parentheses, hence the split after the
+    last ``)``.
+    """
+    try:
+        text = (proc / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    _, closing, rest = text.rpartition(")")
+    return rest.split() if closing else None
 
 
 def group_alive(pgid: int) -> bool:
@@ -93,9 +106,9 @@ def group_members(pgid: int) -> list[int]:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid:
+        fields = stat_fields(int(entry.name))
+        with contextlib.suppress(IndexError, ValueError):
+            if fields is not None and int(fields[2]) == pgid:
                 members.append(int(entry.name))
     return members
 
@@ -196,9 +209,10 @@ def descendants(pid: int) -> list[int]:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
+        fields = stat_fields(int(entry.name))
+        with contextlib.suppress(IndexError, ValueError):
+            if fields is not None:
+                children.setdefault(int(fields[1]), []).append(int(entry.name))
     found: list[int] = []
     pending = [pid]
     while pending:

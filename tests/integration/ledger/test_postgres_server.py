@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from emulators.postgres import PostgresServer, stop_cluster
-from emulators.process import StackError
+from emulators.process import StackError, stat_fields
 from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.integration
@@ -19,11 +19,8 @@ pytestmark = pytest.mark.integration
 
 def _running(pid: int) -> bool:
     """Whether /proc shows ``pid`` as a live (non-zombie) process."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
+    fields = stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
 
 
 def test_serves_the_database_on_loopback_and_stops_without_leftovers(tmp_path: Path) -> None:
