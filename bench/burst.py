@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.cpu import StackCpu
-from bench.pipeline import CollectorTail, log, wait_tasks
+from bench.pipeline import CollectorTail, acked_durations_ms, log, wait_tasks
 from emulators.process import group_members
 from tests.support.reliability import FaultStack, rfc3339
 
@@ -80,11 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             for line in faults.handle.log_lines("fn-select")
             if line.get("tick_time") == rfc3339(SLOT) and "read" in line
         ]
-        select_ms = [
-            line.get("duration_ms")
-            for line in faults.handle.log_lines("fn-select")
-            if line.get("outcome") == "acked"
-        ]
+        select_ms = acked_durations_ms(faults.handle.log_lines("fn-select"))
         memory = {
             name: peak_rss_mib(faults.local.processes[name].pid)
             for name in ("fn-select", "fn-fanout")

@@ -230,12 +230,8 @@ def run_pipeline(
     fanned = faults.handle.log_lines("fn-fanout")[fanout_lines:]
     processed = [line for line in fanned if line.get("outcome") == "acked"]
     created = sum(len(line.get("created_sources", [])) for line in fanned)
-    select_ms = [
-        float(line["duration_ms"])
-        for line in faults.handle.log_lines("fn-select")[select_lines:]
-        if line.get("outcome") == "acked" and "duration_ms" in line
-    ]
-    fanout_ms = [float(line["duration_ms"]) for line in processed if "duration_ms" in line]
+    select_ms = acked_durations_ms(faults.handle.log_lines("fn-select")[select_lines:])
+    fanout_ms = acked_durations_ms(processed)
     # fanout starts while select is still querying other shards: its phase is measured from its
     # own log lines (each written when a message was done), not as "the rest after select".
     ends = sorted(
@@ -262,6 +258,15 @@ def run_pipeline(
         "fanout_seconds": round(fanout_seconds, 3) if fanout_seconds is not None else None,
         "cpu": spent,
     }
+
+
+def acked_durations_ms(lines: Sequence[Mapping[str, Any]]) -> list[float]:
+    """How long each message a function acked took, from its "message processed" log lines."""
+    return [
+        float(line["duration_ms"])
+        for line in lines
+        if line.get("outcome") == "acked" and "duration_ms" in line
+    ]
 
 
 def run_naive(faults: FaultStack, tail: CollectorTail, slot: datetime, tag: str) -> dict[str, Any]:
