@@ -36,7 +36,7 @@ from google.rpc import code_pb2
 
 from shared.dal.due_query import due_query
 from shared.dal.records import Advance, AlreadyExists, StoreConflict, StoredSubscription
-from shared.errors import DependencyTimeoutError, DependencyUnavailableError
+from shared.errors import DependencyTimeoutError, DependencyUnavailableError, RetryableError
 
 if TYPE_CHECKING:
     from google.cloud import firestore
@@ -92,14 +92,19 @@ def _retry(budget: float) -> gretry.Retry:
     )
 
 
+def _dependency_error(action: str, exc: gexc.GoogleAPIError) -> RetryableError:
+    """The dispatcher's retryable error for a Google API failure (a timeout is its own kind)."""
+    if isinstance(exc, gexc.DeadlineExceeded | gexc.RetryError):
+        return DependencyTimeoutError(DEPENDENCY, f"{action}: {exc}")
+    return DependencyUnavailableError(DEPENDENCY, f"{action}: {exc}")
+
+
 def _translate(action: str, call: Callable[[], _T]) -> _T:
     """Run ``call``; turn Google API failures into the dispatcher's retryable errors."""
     try:
         return call()
-    except (gexc.DeadlineExceeded, gexc.RetryError) as exc:
-        raise DependencyTimeoutError(DEPENDENCY, f"{action}: {exc}") from exc
     except gexc.GoogleAPIError as exc:
-        raise DependencyUnavailableError(DEPENDENCY, f"{action}: {exc}") from exc
+        raise _dependency_error(action, exc) from exc
 
 
 # What a conditional write answers when the document changed or vanished since it was read.
@@ -110,12 +115,7 @@ _CONFLICTS: Final = (gexc.FailedPrecondition, gexc.NotFound)
 def _raise_status(action: str, status: Any) -> NoReturn:
     """Raise one write's failed status as the dispatcher error the same RPC error would give."""
     error = gexc.from_grpc_status(status.code, status.message)  # type: ignore[no-untyped-call]
-
-    def fail() -> NoReturn:
-        raise error
-
-    _translate(action, fail)
-    raise AssertionError("unreachable: _translate re-raises every Google API error")
+    raise _dependency_error(action, error) from error
 
 
 def _advance_fields(item: Advance, now: datetime) -> dict[str, Any]:
