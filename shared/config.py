@@ -55,6 +55,24 @@ class QueueConfig:
     max_doublings: int
     collector_url: str | None = None
 
+    def retry_span_seconds(self, dispatch_deadline_seconds: float) -> float:
+        """The longest a task can take from its first dispatch to its last attempt's end.
+
+        Every attempt may run up to the dispatch deadline; the waits between attempts double
+        from min_backoff up to max_doublings times, capped at max_backoff (Cloud Tasks' rule).
+        """
+        attempts = max(self.max_attempts, 1)
+        cap = self.max_backoff_seconds
+        waits = [
+            min(self.min_backoff_seconds * 2 ** min(n, self.max_doublings), cap)
+            for n in range(attempts - 1)
+        ]
+        return float(attempts * dispatch_deadline_seconds + sum(waits))
+
+
+# Cloud Tasks' default dispatch deadline for HTTP targets (10 minutes); fanout sets none.
+DISPATCH_DEADLINE_SECONDS = 600.0
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -82,6 +100,16 @@ class Settings:
     cloud_tasks_emulator_host: str | None = None
     database_url: str | None = None
     oidc_certs_url: str | None = None
+    # A created dispatch with no final outcome after this long is lost (maintenance reconcile).
+    lost_after_seconds: float = 7200.0
+    # How long one results instance holds the right to publish a run's run-completed event.
+    completion_lease_seconds: float = 60.0
+
+    def max_attempts_for(self, kind: str) -> int:
+        """The queue's max attempts for a source kind (``-1``: unlimited; unknown kind: -1, so
+        a failure of a kind no longer configured is never taken as the last)."""
+        queue = self.queues.get(kind)
+        return queue.max_attempts if queue is not None else -1
 
     def queue_for(self, kind: str) -> QueueConfig:
         """The queue that carries tasks of a source kind; unknown kinds are a configuration gap."""
@@ -156,6 +184,15 @@ def _build(environment: str, raw: Mapping[str, Any], environ: Mapping[str, str])
     if not 0 <= jitter <= 59:
         raise ConfigError(f"dispatcher.default_jitter_seconds: {jitter} is outside 0..59")
     verify_env = environ.get(Env.PUSH_AUTH_VERIFY)
+    outcomes = raw.get("outcomes", {})
+    lost_after = float(outcomes.get("lost_after_minutes", 120)) * 60
+    for queue in queues.values():
+        span = queue.retry_span_seconds(DISPATCH_DEADLINE_SECONDS)
+        if lost_after <= span:
+            raise ConfigError(
+                f"outcomes.lost_after_minutes: {lost_after / 60:g} min is not longer than queue "
+                f"{queue.name}'s retry span ({span / 60:.1f} min): live tasks would be called lost"
+            )
     return Settings(
         environment=environment,
         project=environ.get(Env.PROJECT) or str(core["project"]),
@@ -190,6 +227,8 @@ def _build(environment: str, raw: Mapping[str, Any], environ: Mapping[str, str])
         cloud_tasks_emulator_host=environ.get(Env.CLOUD_TASKS_EMULATOR_HOST) or None,
         database_url=environ.get(Env.DATABASE_URL) or None,
         oidc_certs_url=environ.get(Env.OIDC_CERTS_URL) or None,
+        lost_after_seconds=lost_after,
+        completion_lease_seconds=float(outcomes.get("completion_lease_seconds", 60)),
     )
 
 

@@ -11,7 +11,17 @@ import psycopg
 from psycopg_pool import PoolTimeout
 
 from shared.errors import DependencyTimeoutError, DependencyUnavailableError
-from shared.ledger.repository import Claim, DispatchRow, Ledger, RunRef, SourceSpec
+from shared.ledger.repository import (
+    Claim,
+    DispatchRow,
+    Ledger,
+    LostDispatch,
+    OutcomeRecorded,
+    RunCompletion,
+    RunRef,
+    SourceSpec,
+)
+from shared.outcomes import Report
 
 __all__ = ["LedgerGateway"]
 
@@ -74,3 +84,52 @@ class LedgerGateway:
     def run_reasons(self, run_ids: Sequence[int]) -> dict[int, str]:
         """See :meth:`Ledger.run_reasons`."""
         return _guard("run_reasons", lambda: self._factory().run_reasons(run_ids))
+
+    def record_outcome(
+        self,
+        subscription_id: str,
+        slot: datetime,
+        source_id: str,
+        report: Report,
+        *,
+        max_attempts_for: Callable[[str], int],
+        lease: timedelta,
+    ) -> OutcomeRecorded | None:
+        """See :meth:`Ledger.record_outcome`."""
+        return _guard(
+            "record_outcome",
+            lambda: self._factory().record_outcome(
+                subscription_id,
+                slot,
+                source_id,
+                report,
+                max_attempts_for=max_attempts_for,
+                lease=lease,
+            ),
+        )
+
+    def mark_completion_published(self, run_id: int, message_id: str) -> bool:
+        """See :meth:`Ledger.mark_completion_published`."""
+        return _guard(
+            "mark_completion_published",
+            lambda: self._factory().mark_completion_published(run_id, message_id),
+        )
+
+    def release_completion_claim(self, run_id: int) -> None:
+        """See :meth:`Ledger.release_completion_claim`."""
+        _guard("release_completion_claim", lambda: self._factory().release_completion_claim(run_id))
+
+    def complete_runs(self, run_ids: Sequence[int], *, lease: timedelta) -> list[RunCompletion]:
+        """See :meth:`Ledger.complete_runs`."""
+        return _guard("complete_runs", lambda: self._factory().complete_runs(run_ids, lease=lease))
+
+    def unpublished_completions(self, older_than: timedelta, limit: int) -> list[int]:
+        """See :meth:`Ledger.unpublished_completions`."""
+        return _guard(
+            "unpublished_completions",
+            lambda: self._factory().unpublished_completions(older_than, limit),
+        )
+
+    def mark_lost(self, older_than: timedelta, limit: int) -> list[LostDispatch]:
+        """See :meth:`Ledger.mark_lost`."""
+        return _guard("mark_lost", lambda: self._factory().mark_lost(older_than, limit))

@@ -30,6 +30,8 @@ from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
+from shared.outcomes import LOST_KEY, Report, Transition, transition
+
 Reason = Literal["schedule", "catch-up", "manual", "replay"]
 DispatchState = Literal["claimed", "created", "failed"]
 REASONS: frozenset[str] = frozenset({"schedule", "catch-up", "manual", "replay"})
@@ -106,6 +108,14 @@ class RunRow:
     claimed: int
     failed: int
     latest_error: str | None
+    succeeded: int = 0
+    skipped: int = 0
+    failed_final: int = 0
+    lost: int = 0
+    # Outcomes not in yet: created dispatches without a final outcome.
+    pending: int = 0
+    completed_at: datetime | None = None
+    run_succeeded: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +136,87 @@ class DispatchRow:
     claimed_at: datetime
     created_at: datetime | None
     updated_at: datetime
+    execution_state: str | None = None
+    execution_final: bool = False
+    execution_attempts: int = 0
+    first_started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_ms: int | None = None
+    items: int | None = None
+    execution_error: str | None = None
+
+
+@dataclass(frozen=True)
+class OutcomeCounts:
+    """Dispatches of one run by final outcome."""
+
+    succeeded: int
+    failed: int
+    skipped: int
+    lost: int
+
+
+@dataclass(frozen=True)
+class RunCompletion:
+    """A completed run whose ``run-completed`` event the caller has claimed and must publish."""
+
+    run_id: int
+    subscription_id: str
+    slot: datetime
+    reason: str
+    succeeded: bool
+    completed_at: datetime
+    counts: OutcomeCounts
+    items: int
+
+
+@dataclass(frozen=True)
+class OutcomeRecorded:
+    """What record_outcome did to one dispatch and its run."""
+
+    dispatch_id: int
+    run_id: int
+    source_kind: str
+    # The row's state after the report (which may be another report's: outcomes only move
+    # forward), whether that is final, and the highest attempt seen.
+    state: str
+    final: bool
+    attempts: int
+    # The run is complete and this call claimed publishing its event: publish, then call
+    # mark_completion_published (or release_completion_claim if the publish failed).
+    completion: RunCompletion | None
+    # The run is complete, its event is not out, and another publisher holds the claim.
+    completion_pending: bool
+
+
+@dataclass(frozen=True)
+class LostDispatch:
+    """A dispatch reconcile declared lost: created long ago, no final outcome since."""
+
+    dispatch_id: int
+    run_id: int
+    subscription_id: str
+    slot: datetime
+    source_id: str
+    source_kind: str
+    task_name: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class OutcomeSummary:
+    """Dispatches of one source kind in a time window, by execution outcome."""
+
+    source_kind: str
+    dispatches: int
+    succeeded: int
+    failed: int
+    skipped: int
+    lost: int
+    # Created, no final outcome yet (running, retrying, or not reported).
+    pending: int
+    # Never created: claimed or failed to create.
+    not_created: int
 
 
 @dataclass(frozen=True)
@@ -328,7 +419,8 @@ class Ledger:
             cur.execute(
                 "SELECT r.id AS run_id, r.subscription_id, r.slot, r.reason, r.selected_at, "
                 "r.created_at, r.source_message_id, c.dispatches, c.created, c.claimed, "
-                "c.failed, c.latest_error "
+                "c.failed, c.latest_error, c.succeeded, c.skipped, c.failed_final, c.lost, "
+                "c.pending, r.completed_at, r.succeeded AS run_succeeded "
                 "FROM (SELECT * FROM runs WHERE subscription_id = %s "
                 "      ORDER BY slot DESC LIMIT %s) r "
                 "CROSS JOIN LATERAL ("
@@ -336,8 +428,17 @@ class Ledger:
                 "         count(*) FILTER (WHERE d.state = 'created') AS created, "
                 "         count(*) FILTER (WHERE d.state = 'claimed') AS claimed, "
                 "         count(*) FILTER (WHERE d.state = 'failed') AS failed, "
-                "         (array_agg(d.last_error ORDER BY d.updated_at DESC) "
-                "            FILTER (WHERE d.last_error IS NOT NULL))[1] AS latest_error "
+                "         (array_agg(coalesce(d.execution_error, d.last_error) "
+                "                    ORDER BY d.updated_at DESC) "
+                "            FILTER (WHERE coalesce(d.execution_error, d.last_error) IS NOT NULL)"
+                "         )[1] AS latest_error, "
+                "         count(*) FILTER (WHERE d.execution_state = 'succeeded') AS succeeded, "
+                "         count(*) FILTER (WHERE d.execution_state = 'skipped') AS skipped, "
+                "         count(*) FILTER (WHERE d.execution_state = 'failed' "
+                "                          AND d.execution_final) AS failed_final, "
+                "         count(*) FILTER (WHERE d.execution_state = 'lost') AS lost, "
+                "         count(*) FILTER (WHERE d.state = 'created' "
+                "                          AND NOT d.execution_final) AS pending "
                 "  FROM dispatches d WHERE d.run_id = r.id) c "
                 "ORDER BY r.slot DESC",
                 (subscription_id, limit),
@@ -477,6 +578,159 @@ class Ledger:
             )
             return cur.fetchall()
 
+    # -- outcomes -------------------------------------------------------------------------------
+
+    def record_outcome(
+        self,
+        subscription_id: str,
+        slot: datetime,
+        source_id: str,
+        report: Report,
+        *,
+        max_attempts_for: Callable[[str], int],
+        lease: timedelta,
+    ) -> OutcomeRecorded | None:
+        """Move one dispatch forward with a collector's report; complete its run if it is done.
+
+        ``None`` when no dispatch has that key. One transaction: lock the run row (results of
+        one run are serialised, so the last one to finish sees the others finished), one
+        conditional ``UPDATE`` of the dispatch (shared/outcomes.py: the report replaces the
+        row's outcome only when its precedence key is greater; the attempts are the maximum
+        seen), then completion and the claim on its event (see :class:`OutcomeRecorded`).
+        A report proves the task exists, so a row still ``claimed`` or ``failed`` (fanout
+        crashed before marking it) becomes ``created``.
+        """
+        _require_aware(slot, "slot")
+        with self._connection() as conn:
+            target = conn.execute(
+                "SELECT d.id, d.run_id, d.source_kind FROM dispatches d "
+                "JOIN runs r ON r.id = d.run_id "
+                "WHERE d.subscription_id = %s AND d.slot = %s AND d.source_id = %s "
+                "FOR UPDATE OF r",
+                (subscription_id, slot, source_id),
+            ).fetchone()
+            if target is None:
+                return None
+            dispatch_id, run_id, kind = int(target[0]), int(target[1]), str(target[2])
+            step = transition(report, max_attempts=max_attempts_for(kind))
+            with conn.pipeline():
+                updated_cur = conn.execute(
+                    _RECORD_OUTCOME, _outcome_params(dispatch_id, report, step)
+                )
+                claimed_cur = conn.execute(_COMPLETE_AND_CLAIM, {"runs": [run_id], "lease": lease})
+                run_cur = conn.execute(
+                    "SELECT completed_at IS NOT NULL, completion_published_at IS NOT NULL "
+                    "FROM runs WHERE id = %s",
+                    (run_id,),
+                )
+                updated = updated_cur.fetchone()
+                claimed = claimed_cur.fetchone() is not None
+                run_state = run_cur.fetchone()
+            completion = _completions(conn, [run_id])[0] if claimed else None
+        if updated is None or run_state is None:
+            raise LedgerError(f"dispatch {dispatch_id} or run {run_id} vanished while recording")
+        completed, published = bool(run_state[0]), bool(run_state[1])
+        return OutcomeRecorded(
+            dispatch_id=dispatch_id,
+            run_id=run_id,
+            source_kind=kind,
+            state=str(updated[0]),
+            final=bool(updated[1]),
+            attempts=int(updated[2]),
+            completion=completion,
+            completion_pending=completed and not published and not claimed,
+        )
+
+    def complete_runs(self, run_ids: Sequence[int], *, lease: timedelta) -> list[RunCompletion]:
+        """Complete the runs that are done and claim their events (reconcile, after marking
+        dispatches lost, and the sweep of completed runs whose event never went out)."""
+        if not run_ids:
+            return []
+        ids = sorted(set(run_ids))
+        with self._connection() as conn:
+            # Locked in id order, like record_outcome's one lock, so two sweeps never deadlock.
+            conn.execute("SELECT id FROM runs WHERE id = ANY(%s) ORDER BY id FOR UPDATE", (ids,))
+            claimed = [
+                int(r[0]) for r in conn.execute(_COMPLETE_AND_CLAIM, {"runs": ids, "lease": lease})
+            ]
+            return _completions(conn, claimed)
+
+    def unpublished_completions(self, older_than: timedelta, limit: int = 500) -> list[int]:
+        """Runs completed at least ``older_than`` ago whose event is not out yet."""
+        with self._connection() as conn:
+            rows = conn.execute(
+                "SELECT id FROM runs WHERE completed_at IS NOT NULL "
+                "AND completion_published_at IS NULL AND completed_at < now() - %s "
+                "ORDER BY completed_at LIMIT %s",
+                (older_than, limit),
+            ).fetchall()
+        return [int(r[0]) for r in rows]
+
+    def mark_completion_published(self, run_id: int, message_id: str) -> bool:
+        """The run-completed event is out; False if it was recorded before."""
+        with self._connection() as conn:
+            cur = conn.execute(
+                "UPDATE runs SET completion_published_at = now(), completion_message_id = %s "
+                "WHERE id = %s AND completion_published_at IS NULL",
+                (message_id, run_id),
+            )
+            return cur.rowcount == 1
+
+    def release_completion_claim(self, run_id: int) -> None:
+        """Publishing failed: let the next result or sweep publish at once, not after the lease."""
+        with self._connection() as conn:
+            conn.execute(
+                "UPDATE runs SET completion_claimed_at = NULL "
+                "WHERE id = %s AND completion_published_at IS NULL",
+                (run_id,),
+            )
+
+    def mark_lost(self, older_than: timedelta, limit: int = 1000) -> list[LostDispatch]:
+        """Dispatches created longer than ``older_than`` ago with no final outcome become
+        ``lost`` (final). A real final outcome reported later still replaces it."""
+        with self._connection() as conn:
+            rows = conn.execute(
+                # The predicate matches dispatches_unfinished_execution_idx word for word.
+                "UPDATE dispatches SET execution_state = 'lost', execution_final = true, "
+                "outcome_key = %s, updated_at = now() "
+                "WHERE id IN (SELECT id FROM dispatches "
+                "  WHERE state = 'created' AND NOT execution_final AND created_at < now() - %s "
+                "  ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED) "
+                "AND NOT execution_final "
+                "RETURNING id, run_id, subscription_id, slot, source_id, source_kind, "
+                "task_name, created_at",
+                (LOST_KEY, older_than, limit),
+            ).fetchall()
+        return [LostDispatch(*row) for row in rows]
+
+    def execution_state(self, subscription_id: str, slot: datetime, source_id: str) -> str | None:
+        """The dispatch's execution state (``None``: no outcome yet, or no such dispatch)."""
+        with self._connection() as conn:
+            row = conn.execute(
+                "SELECT execution_state FROM dispatches "
+                "WHERE subscription_id = %s AND slot = %s AND source_id = %s",
+                (subscription_id, slot, source_id),
+            ).fetchone()
+        return None if row is None or row[0] is None else str(row[0])
+
+    def outcome_summary(self, since: timedelta) -> list[OutcomeSummary]:
+        """Dispatches claimed in the last ``since``, per source kind, by outcome."""
+        with self._connection() as conn, conn.cursor(row_factory=class_row(OutcomeSummary)) as cur:
+            cur.execute(
+                "SELECT source_kind, count(*) AS dispatches, "
+                "count(*) FILTER (WHERE execution_state = 'succeeded') AS succeeded, "
+                "count(*) FILTER (WHERE execution_state = 'failed' AND execution_final) "
+                "  AS failed, "
+                "count(*) FILTER (WHERE execution_state = 'skipped') AS skipped, "
+                "count(*) FILTER (WHERE execution_state = 'lost') AS lost, "
+                "count(*) FILTER (WHERE state = 'created' AND NOT execution_final) AS pending, "
+                "count(*) FILTER (WHERE state <> 'created') AS not_created "
+                "FROM dispatches WHERE claimed_at >= now() - %s "
+                "GROUP BY source_kind ORDER BY source_kind",
+                (since,),
+            )
+            return cur.fetchall()
+
     # -- maintenance ----------------------------------------------------------------------------
 
     def stuck_dispatches(self, older_than: timedelta, limit: int = 1000) -> list[DispatchRow]:
@@ -581,8 +835,99 @@ class Ledger:
 
 _DISPATCH_COLUMNS = (
     "id, run_id, subscription_id, slot, source_id, source_kind, task_name, queue, state, "
-    "attempts, last_error, claimed_at, created_at, updated_at"
+    "attempts, last_error, claimed_at, created_at, updated_at, execution_state, execution_final, "
+    "execution_attempts, first_started_at, finished_at, duration_ms, items, execution_error"
 )
+
+# Completes the given runs whose dispatches are all final (or that completed earlier) and claims
+# publishing their run-completed event, unless it is out or another publisher holds a live claim.
+# Callers hold the runs' row locks first: without them two results finishing a run's last two
+# dispatches concurrently would each see the other's still unfinished and neither complete it.
+_COMPLETE_AND_CLAIM = (
+    "WITH agg AS ("
+    "  SELECT run_id, bool_and(execution_final) AS all_final, "
+    "         bool_and(execution_state IN ('succeeded', 'skipped')) AS all_ok "
+    "  FROM dispatches WHERE run_id = ANY(%(runs)s) GROUP BY run_id) "
+    "UPDATE runs r SET completed_at = coalesce(r.completed_at, now()), "
+    "  succeeded = coalesce(r.succeeded, agg.all_ok), completion_claimed_at = now() "
+    "FROM agg WHERE r.id = agg.run_id AND r.completion_published_at IS NULL "
+    "  AND (r.completed_at IS NOT NULL OR agg.all_final) "
+    "  AND (r.completion_claimed_at IS NULL OR r.completion_claimed_at < now() - %(lease)s) "
+    "RETURNING r.id"
+)
+
+_COMPLETION_EVENTS = (
+    "SELECT r.id, r.subscription_id, r.slot, r.reason, r.succeeded, r.completed_at, "
+    "  count(*) FILTER (WHERE d.execution_state = 'succeeded'), "
+    "  count(*) FILTER (WHERE d.execution_state = 'failed'), "
+    "  count(*) FILTER (WHERE d.execution_state = 'skipped'), "
+    "  count(*) FILTER (WHERE d.execution_state = 'lost'), "
+    "  coalesce(sum(d.items), 0) "
+    "FROM runs r JOIN dispatches d ON d.run_id = r.id WHERE r.id = ANY(%s) "
+    "GROUP BY r.id ORDER BY r.id"
+)
+
+
+def _completions(conn: psycopg.Connection[Any], run_ids: Sequence[int]) -> list[RunCompletion]:
+    if not run_ids:
+        return []
+    rows = conn.execute(_COMPLETION_EVENTS, (list(run_ids),)).fetchall()
+    return [
+        RunCompletion(
+            run_id=int(r[0]),
+            subscription_id=str(r[1]),
+            slot=r[2],
+            reason=str(r[3]),
+            succeeded=bool(r[4]),
+            completed_at=r[5],
+            counts=OutcomeCounts(int(r[6]), int(r[7]), int(r[8]), int(r[9])),
+            items=int(r[10]),
+        )
+        for r in rows
+    ]
+
+
+# One conditional write (shared/outcomes.py): the report's columns replace the row's only when
+# its precedence key is greater; attempts and first start aggregate on their own (max, min).
+_WINS = '(d.outcome_key IS NULL OR %(key)s::text COLLATE "C" > d.outcome_key)'
+_ERROR_WINS = (
+    "(%(error_key)s::text IS NOT NULL AND "
+    '(d.error_key IS NULL OR %(error_key)s::text COLLATE "C" > d.error_key))'
+)
+_RECORD_OUTCOME = (
+    "UPDATE dispatches d SET "
+    "state = 'created', created_at = coalesce(d.created_at, now()), updated_at = now(), "
+    "execution_attempts = greatest(d.execution_attempts, %(attempt)s), "
+    "first_started_at = least(d.first_started_at, %(started_at)s), "
+    f"execution_state = CASE WHEN {_WINS} THEN %(state)s ELSE d.execution_state END, "
+    f"execution_final = CASE WHEN {_WINS} THEN %(final)s ELSE d.execution_final END, "
+    f"finished_at = CASE WHEN {_WINS} THEN %(finished_at)s ELSE d.finished_at END, "
+    f"duration_ms = CASE WHEN {_WINS} THEN %(duration_ms)s ELSE d.duration_ms END, "
+    f"items = CASE WHEN {_WINS} THEN %(items)s ELSE d.items END, "
+    f"reported_at = CASE WHEN {_WINS} THEN %(reported_at)s ELSE d.reported_at END, "
+    f"outcome_key = CASE WHEN {_WINS} THEN %(key)s ELSE d.outcome_key END, "
+    f"execution_error = CASE WHEN {_ERROR_WINS} THEN %(error)s ELSE d.execution_error END, "
+    f"error_key = CASE WHEN {_ERROR_WINS} THEN %(error_key)s ELSE d.error_key END "
+    "WHERE d.id = %(id)s "
+    "RETURNING d.execution_state, d.execution_final, d.execution_attempts"
+)
+
+
+def _outcome_params(dispatch_id: int, report: Report, step: Transition) -> dict[str, Any]:
+    return {
+        "id": dispatch_id,
+        "key": step.key,
+        "error_key": step.error_key,
+        "state": step.state,
+        "final": step.final,
+        "attempt": report.attempt,
+        "started_at": report.started_at,
+        "finished_at": report.reported_at if step.final else None,
+        "duration_ms": report.duration_ms,
+        "items": report.items,
+        "reported_at": report.reported_at,
+        "error": None if report.error is None else report.error[:MAX_ERROR_CHARS],
+    }
 
 
 def _require_aware(value: datetime, what: str) -> None:

@@ -34,18 +34,22 @@ def _tables(url: str) -> set[str]:
 
 @pytest.fixture
 def migrations(tmp_path: Path) -> Path:
-    """A private copy of the project's migrations that a test may edit."""
+    """A private copy of the project's first migration that a test may edit and add to.
+
+    Only V1: these tests exercise the runner with versions of their own from V2 on.
+    """
     target = tmp_path / "migrations"
-    shutil.copytree(default_migrations_dir(), target)
+    target.mkdir()
+    shutil.copy(default_migrations_dir() / "V1__create_ledger.sql", target)
     return target
 
 
 def test_applies_the_ledger_and_records_flyway_history(fresh_database: str) -> None:
-    assert migrate(fresh_database) == ["1"]
+    assert migrate(fresh_database) == ["1", "2"]
     assert {"runs", "dispatches", "subscriptions_mirror", "run_overview"} <= _tables(fresh_database)
-    [(rank, version, description, kind, script, checksum, by, ms, success)] = _history(
-        fresh_database
-    )
+    first, second = _history(fresh_database)
+    assert second[:5] == (2, "2", "task outcomes", "SQL", "V2__task_outcomes.sql")
+    (rank, version, description, kind, script, checksum, by, ms, success) = first
     assert (rank, version, description, kind, script) == (
         1,
         "1",
@@ -81,7 +85,7 @@ def test_history_table_has_flyways_columns(fresh_database: str) -> None:
 
 
 def test_second_run_applies_nothing(fresh_database: str) -> None:
-    assert migrate(fresh_database) == ["1"]
+    assert migrate(fresh_database) == ["1", "2"]
     first = _history(fresh_database)
     assert migrate(fresh_database) == []
     assert _history(fresh_database) == first
@@ -181,7 +185,7 @@ def test_concurrent_runners_are_serialised(fresh_database: str, migrations: Path
 
 def test_command_line_entry(fresh_database: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([fresh_database]) == 0
-    assert capsys.readouterr().out.strip() == "applied: 1"
+    assert capsys.readouterr().out.strip() == "applied: 1, 2"
     assert main([fresh_database]) == 0
     assert capsys.readouterr().out.strip() == "up to date"
 
