@@ -45,7 +45,6 @@ from shared.errors import (
     PermanentError,
     RetryableError,
     SchemaValidationError,
-    preview,
 )
 from shared.logs import log_context
 from shared.subscription import InvalidSubscription
@@ -289,7 +288,7 @@ class TaskWorker:
                 "rule": exc.rule,
                 "schema_path": exc.schema_path,
                 "value": exc.value,
-                "message": exc.message,
+                "message": exc.issues[0].message if exc.issues else exc.message,
             }
         return body, None
 
@@ -565,7 +564,7 @@ class TaskWorker:
             decision.headers.task_name or "?",
             name,
             subject if key else "no dispatch key",
-            f": {preview(error, 300)}" if error else "",
+            f": {error[:300]}" if error else "",
             extra=extra,
             exc_info=(type(exc), exc, exc.__traceback__) if exc is not None else None,
         )

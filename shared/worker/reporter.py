@@ -18,7 +18,7 @@ from typing import Any, Final, Literal, Protocol
 
 from shared.contracts import Contract, get_contract, schemas_dir
 from shared.dal.records import OutboundMessage
-from shared.errors import shorten
+from shared.errors import DependencyUnavailableError, RetryableError, shorten
 from shared.instants import format_instant
 
 __all__ = [
@@ -127,7 +127,14 @@ class PubSubResultPublisher:
 
     def publish(self, message: OutboundMessage) -> str:
         """Publish and wait; :class:`~shared.errors.RetryableError` if Pub/Sub did not take it."""
-        return self._publisher.publish([message])[0]
+        try:
+            return self._publisher.publish([message])[0]
+        except RetryableError:
+            raise
+        except Exception as exc:
+            # Building the client can fail too (no credentials, a bad emulator host): for the
+            # task it is the same thing, the outcome did not leave, so the attempt must retry.
+            raise DependencyUnavailableError("pubsub", error_text(exc)) from exc
 
 
 def error_text(exc: BaseException) -> str:
