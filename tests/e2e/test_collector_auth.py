@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -31,13 +33,30 @@ def _send_task(stack: StackHandle, service_account: str) -> str:
                 "http_request": {
                     "url": stack.env["COLLECTOR_URL"],
                     "http_method": "POST",
-                    "body": b"{}",
+                    "body": _task_body(task_id),
                     "oidc_token": {"service_account_email": service_account},
                 },
             },
         }
     )
     return task_id
+
+
+def _task_body(task_id: str) -> bytes:
+    # A valid task for a subscription that does not exist: the stub executes it through the
+    # worker kit, which re-reads the subscription and answers 200 with outcome "skipped".
+    slot = datetime.now(UTC).replace(second=0, microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+    key = {"subscription_id": "auth-check", "slot": slot, "source_id": "feed"}
+    body = {
+        "dispatch_key": key,
+        "source": {"id": "feed", "kind": "rss", "params": {}},
+        "subscription": {"id": "auth-check", "name": "OIDC check"},
+        "slot": slot,
+        "reason": "manual",
+        "task_name": task_id,
+        "dispatched_at": slot,
+    }
+    return json.dumps(body).encode()
 
 
 def _record_for(stack: StackHandle, task_id: str) -> dict[str, Any] | None:
@@ -53,6 +72,7 @@ def test_a_task_token_for_the_collector_identity_is_accepted(stack: StackHandle)
     record = wait_for(lambda: _record_for(stack, task_id), timeout=30, message="the task")
     assert record["auth"] == {"verified": True, "email": expected}
     assert record["status"] == 200
+    assert record["outcome"] == "skipped"  # the subscription was re-read: it does not exist
 
 
 def test_a_task_token_for_another_identity_is_refused(stack: StackHandle) -> None:

@@ -81,7 +81,7 @@ def stub(signer: TokenSigner, certs: CertServer, tmp_path: Path) -> Iterator[Stu
             publisher=publisher, verifier=OidcVerifier(certs.url), subscriptions=subscriptions
         ),
     )
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield Stub(
