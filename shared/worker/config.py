@@ -54,6 +54,7 @@ class WorkerConfig:
     results_topic: str = RESULTS_TOPIC
     publish_timeout_seconds: float = 30.0
     dependency_timeout_seconds: float = 10.0
+    dependency_retry_budget_seconds: float = 20.0
     database_url: str | None = None
     check_subscription: bool = True
     # Cloud Tasks caps a task at 1 MB; our bodies are a few hundred bytes.
@@ -82,6 +83,7 @@ class WorkerConfig:
             results_topic=environ.get(WorkerEnv.RESULTS_TOPIC) or RESULTS_TOPIC,
             publish_timeout_seconds=settings.publish_timeout_seconds,
             dependency_timeout_seconds=settings.dependency_timeout_seconds,
+            dependency_retry_budget_seconds=settings.dependency_retry_budget_seconds,
             database_url=settings.database_url,
         )
         return replace(config, **overrides) if overrides else config

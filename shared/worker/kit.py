@@ -176,7 +176,7 @@ class WorkerDependencies:
                 FirestoreSubscriptionStore(
                     firestore_client,
                     timeout=config.dependency_timeout_seconds,
-                    retry_budget=config.dependency_timeout_seconds * 2,
+                    retry_budget=config.dependency_retry_budget_seconds,
                 )
                 if config.check_subscription
                 else None
