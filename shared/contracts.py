@@ -41,6 +41,8 @@ CONTRACTS = (
     "collector-task.v1.json",
     "dead-letter.v1.json",
     "subscription.v1.json",
+    "result.v1.json",
+    "run-completed.v1.json",
 )
 CONSISTENCY_RULE = "x-consistency"
 _MAX_ISSUES = 50

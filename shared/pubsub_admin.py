@@ -16,7 +16,7 @@ import google.cloud.pubsub_v1 as pubsub_v1
 from google.api_core import exceptions as gexc
 from google.protobuf import duration_pb2, field_mask_pb2
 
-from shared.topology import RetryPolicy, TopicSpec, Topology
+from shared.topology import EventSpec, RetryPolicy, TopicSpec, Topology
 
 DLQ_ACK_DEADLINE_SECONDS = 60
 
@@ -67,6 +67,9 @@ def apply_topology(
         if endpoint is not None:
             wanted = _push_subscription(project, spec, endpoint, retry_override, push_auth)
             changes += _ensure_subscription(subscriber, wanted, dry_run)
+    for event in topology.events:
+        changes += _ensure_topic(publisher, f"projects/{project}/topics/{event.name}", dry_run)
+        changes += _ensure_subscription(subscriber, _event_tap(project, event), dry_run)
     return changes
 
 
@@ -163,6 +166,17 @@ def _push_subscription(
             "dead_letter_topic": f"projects/{project}/topics/{spec.dead_letter.topic}",
             "max_delivery_attempts": spec.push.max_delivery_attempts,
         },
+    }
+
+
+def _event_tap(project: str, event: EventSpec) -> dict[str, Any]:
+    return {
+        "name": f"projects/{project}/subscriptions/{event.subscription}",
+        "topic": f"projects/{project}/topics/{event.name}",
+        "ack_deadline_seconds": DLQ_ACK_DEADLINE_SECONDS,
+        "message_retention_duration": _duration(event.retention_days * 86400),
+        # Events published before their consumer exists must wait for it, not expire unseen.
+        "expiration_policy": {},
     }
 
 

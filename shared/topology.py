@@ -21,7 +21,7 @@ _ACK_DEADLINE_RANGE = (10, 600)
 _BACKOFF_RANGE = (0, 600)
 _DELIVERY_ATTEMPTS_RANGE = (5, 100)
 _RESOURCE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9\-_.~+%]{2,254}$")
-FUNCTION_NAMES = ("select", "fanout", "maintenance", "sync")
+FUNCTION_NAMES = ("select", "fanout", "maintenance", "sync", "results")
 
 
 class TopologyError(ValueError):
@@ -68,6 +68,18 @@ class TopicSpec:
 
 
 @dataclass(frozen=True)
+class EventSpec:
+    """A topic one of our functions publishes for later steps, with an operators' pull tap."""
+
+    name: str
+    description: str
+    schema: str
+    publisher: str
+    subscription: str
+    retention_days: int
+
+
+@dataclass(frozen=True)
 class SchedulerJob:
     name: str
     topic: str
@@ -82,12 +94,19 @@ class Topology:
     scheduler: tuple[SchedulerJob, ...]
     dead_letter_retention_days: int
     local_retry: RetryPolicy
+    events: tuple[EventSpec, ...] = ()
 
     def topic(self, name: str) -> TopicSpec:
         for spec in self.topics:
             if spec.name == name:
                 return spec
         raise KeyError(f"topic {name!r} is not declared in topics.yaml")
+
+    def event(self, name: str) -> EventSpec:
+        for spec in self.events:
+            if spec.name == name:
+                return spec
+        raise KeyError(f"event topic {name!r} is not declared in topics.yaml")
 
     def for_function(self, function: str) -> TopicSpec:
         for spec in self.topics:
@@ -138,7 +157,34 @@ def parse_topology(raw: Any) -> Topology:
     local_retry = _retry(
         local.get("retry", {"min_backoff_seconds": 1, "max_backoff_seconds": 2}), "local.retry"
     )
-    return Topology(topics, scheduler, retention, local_retry)
+    events_raw = _mapping(root.get("events", {}), "events")
+    events = tuple(_event(str(n), e) for n, e in events_raw.items())
+    clash = sorted(set(names) & {e.name for e in events})
+    if clash:
+        raise TopologyError("events", f"{clash[0]!r} is declared under topics too")
+    return Topology(topics, scheduler, retention, local_retry, events)
+
+
+def _event(name: str, raw: Any) -> EventSpec:
+    key = f"events.{name}"
+    _resource_name(name, key)
+    spec = _mapping(raw, key)
+    schema = _str(spec.get("schema"), f"{key}.schema")
+    if not (project_root() / "schemas" / schema).is_file():
+        raise TopologyError(f"{key}.schema", f"schemas/{schema} does not exist")
+    publisher = _str(spec.get("publisher"), f"{key}.publisher")
+    if publisher not in FUNCTION_NAMES:
+        raise TopologyError(f"{key}.publisher", f"{publisher!r} is not one of {FUNCTION_NAMES}")
+    subscription = _resource_name(_str(spec.get("subscription"), f"{key}.subscription"), key)
+    return EventSpec(
+        name=name,
+        description=str(spec.get("description", "")),
+        schema=schema,
+        publisher=publisher,
+        subscription=subscription,
+        # Pub/Sub keeps unacknowledged messages of a subscription at most 7 days.
+        retention_days=_int(spec.get("retention_days", 7), f"{key}.retention_days", 1, 7),
+    )
 
 
 def _topic(name: str, raw: Any) -> TopicSpec:

@@ -90,6 +90,22 @@ resource "google_pubsub_topic_iam_member" "function_publishes_own_dead_letters" 
   member = "serviceAccount:${google_service_account.function[each.value.push.function].email}"
 }
 
+# The results function publishes run-completed (topics.yaml events name the publisher).
+resource "google_pubsub_topic_iam_member" "function_publishes_events" {
+  for_each = local.events
+
+  topic  = google_pubsub_topic.event[each.key].id
+  role   = "roles/pubsub.publisher"
+  member = "serviceAccount:${google_service_account.function[each.value.publisher].email}"
+}
+
+# Collectors report task outcomes; they may publish to that one topic and nothing else.
+resource "google_pubsub_topic_iam_member" "collectors_report_outcomes" {
+  topic  = google_pubsub_topic.topic["dispatcher-results"].id
+  role   = "roles/pubsub.publisher"
+  member = "serviceAccount:${google_service_account.collector_worker.email}"
+}
+
 # --- Pub/Sub push ------------------------------------------------------------------------------
 
 resource "google_cloud_run_service_iam_member" "push_invokes_function" {

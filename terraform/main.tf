@@ -13,6 +13,9 @@ locals {
 
   scheduler_jobs = local.topology.scheduler
 
+  # Event topic name => its topics.yaml entry (publisher function, tap subscription).
+  events = try(local.topology.events, {})
+
   # Dead-letter topics keep messages for operators; a subscription retains at most 7 days.
   dead_letter_retention_seconds = local.topology.dead_letter_retention_days * 86400
   dead_letter_subscription_retention_seconds = min(
@@ -21,7 +24,7 @@ locals {
 
   # The functions that talk to the PostgreSQL ledger: only they get DATABASE_URL and may read
   # the secret (select works on Firestore and Pub/Sub alone).
-  database_functions = toset(["fanout", "maintenance", "sync"])
+  database_functions = toset(["fanout", "maintenance", "sync", "results"])
 
   # The functions that create Cloud Tasks (fanout: one task per source; maintenance: reconcile
   # re-creates tasks the ledger says are missing). They enqueue and act as the collector invoker.

@@ -66,3 +66,24 @@ resource "google_pubsub_subscription" "dead_letter" {
     ttl = ""
   }
 }
+
+# Events our functions publish for later steps (topics.yaml `events`), each with a pull "tap"
+# subscription so nothing published before its consumer exists is lost, and operators can look.
+resource "google_pubsub_topic" "event" {
+  for_each = local.events
+
+  name = each.key
+}
+
+resource "google_pubsub_subscription" "event_tap" {
+  for_each = local.events
+
+  name                       = each.value.subscription
+  topic                      = google_pubsub_topic.event[each.key].id
+  ack_deadline_seconds       = 60
+  message_retention_duration = "${each.value.retention_days * 86400}s"
+
+  expiration_policy {
+    ttl = ""
+  }
+}

@@ -27,6 +27,14 @@ resource "google_service_account" "collector_invoker" {
   description  = "Identity in the OIDC token of Cloud Tasks sent to collectors."
 }
 
+# Collector workers run as this account: the worker kit (shared/worker) publishes each task's
+# outcome to dispatcher-results with it, and that is all it may do here.
+resource "google_service_account" "collector_worker" {
+  account_id   = "collector-worker"
+  display_name = "collector worker (${var.environment})"
+  description  = "Runtime identity of collector workers; reports task outcomes."
+}
+
 # Cloud Build builds the function images as this account instead of the default compute one.
 resource "google_service_account" "build" {
   account_id   = "dispatcher-build"

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from shared.dal.firestore_store import FirestoreSubscriptionStore
     from shared.ledger.repository import Ledger
     from shared.usecases.fanout import FanoutDependencies
+    from shared.usecases.results import ResultsDependencies
     from shared.usecases.select_due import SelectDependencies
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "ledger",
     "make_store",
     "make_task_gateway",
+    "results_dependencies",
     "select_dependencies",
 ]
 
@@ -131,4 +133,25 @@ def fanout_dependencies() -> FanoutDependencies:
         store=make_store(settings),
         tasks=make_task_gateway(settings),
         ledger=LedgerGateway(ledger),
+    )
+
+
+@functools.cache
+def results_dependencies() -> ResultsDependencies:
+    """The real dependencies of the results path (clients still created only on first use)."""
+    from shared import clients
+    from shared.config import get_settings
+    from shared.dal.ledger_gateway import LedgerGateway
+    from shared.dal.pubsub_publisher import PubSubPublisher
+    from shared.usecases.results import RUN_COMPLETED_TOPIC, ResultsDependencies
+
+    settings = get_settings()
+    return ResultsDependencies(
+        settings=settings,
+        ledger=LedgerGateway(ledger),
+        completions=PubSubPublisher(
+            clients.publisher,
+            settings.topic_path(RUN_COMPLETED_TOPIC),
+            timeout=settings.publish_timeout_seconds,
+        ),
     )

@@ -50,6 +50,7 @@ functions = {
   fanout      = { memory = "512Mi", cpu = "1", timeout_seconds = 60, min_instances = 0, max_instances = 50, concurrency = 1 }
   maintenance = { memory = "512Mi", cpu = "1", timeout_seconds = 540, min_instances = 0, max_instances = 2, concurrency = 1 }
   sync        = { memory = "512Mi", cpu = "1", timeout_seconds = 300, min_instances = 0, max_instances = 2, concurrency = 1 }
+  results     = { memory = "512Mi", cpu = "1", timeout_seconds = 60, min_instances = 0, max_instances = 2, concurrency = 1 }
 }
 
 tasks_log_sampling_ratio = 0.1

@@ -18,14 +18,22 @@ from shared.topology import TopologyError, load_topology, parse_topology
 RAW: dict[str, Any] = yaml.safe_load((project_root() / "topics.yaml").read_text())
 
 
-def test_the_shipped_topology_declares_the_four_topics_with_their_dead_letters() -> None:
+def test_the_shipped_topology_declares_the_five_topics_with_their_dead_letters() -> None:
     topology = load_topology()
     assert [t.name for t in topology.topics] == [
         "dispatcher-ticks",
         "dispatcher-due",
         "dispatcher-maintenance",
         "dispatcher-sync",
+        "dispatcher-results",
     ]
+    [event] = topology.events
+    assert (event.name, event.publisher, event.subscription) == (
+        "dispatcher-run-completed",
+        "results",
+        "dispatcher-run-completed-tap",
+    )
+    assert (project_root() / "schemas" / event.schema).is_file()
     for spec in topology.topics:
         assert spec.dead_letter.topic == f"{spec.name}-dlq"
         assert spec.dead_letter.subscription == f"{spec.name}-dlq-sub"
@@ -107,6 +115,24 @@ def _broken(path: list[str], value: Any) -> dict[str, Any]:
             "every minute",
             "scheduler.tick.cron",
             "not a 5-field cron",
+        ),
+        (
+            ["events", "dispatcher-run-completed", "publisher"],
+            "resultz",
+            "events.dispatcher-run-completed.publisher",
+            "is not one of",
+        ),
+        (
+            ["events", "dispatcher-run-completed", "schema"],
+            "run-completed.v9.json",
+            "events.dispatcher-run-completed.schema",
+            "does not exist",
+        ),
+        (
+            ["events", "dispatcher-run-completed", "retention_days"],
+            8,
+            "events.dispatcher-run-completed.retention_days",
+            "outside the allowed range",
         ),
     ],
 )

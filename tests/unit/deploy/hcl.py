@@ -148,6 +148,7 @@ class Terraform:
             "local.topics": topics,
             "local.function_topics": {s["push"]["function"]: t for t, s in topics.items()},
             "local.scheduler_jobs": topology["scheduler"],
+            "local.events": topology.get("events", {}),
             "var.queues": tfvars_values["queues"],
         }
         for name in ("database_functions", "task_functions"):

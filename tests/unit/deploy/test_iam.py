@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from shared.topology import FUNCTION_NAMES
 from tests.unit.deploy.hcl import ROOT, TERRAFORM, Terraform, resources
 
 PRIMITIVE = re.compile(r"roles/(owner|editor|viewer)\b")
@@ -105,14 +106,14 @@ def test_each_function_account_has_exactly_the_documented_roles(terraform: Terra
         )
         for each in terraform.instances(terraform.resources["google_service_account.function"])
     }
-    assert functions == {f"dispatcher-{n}" for n in ("select", "fanout", "maintenance", "sync")}
+    assert functions == {f"dispatcher-{n}" for n in FUNCTION_NAMES}
     for account in functions:
         assert {g[1] for g in granted if g[0] == account} == {
             g[1] for g in documented if g[0] == account
         }
 
 
-def test_functions_publish_only_to_their_own_dead_letter_topic_and_select_to_due(
+def test_functions_publish_only_to_their_own_dead_letter_topic_select_to_due_and_events(
     terraform: Terraform, topology: dict[str, Any]
 ) -> None:
     published = {
@@ -124,6 +125,11 @@ def test_functions_publish_only_to_their_own_dead_letter_topic_and_select_to_due
         (f"dispatcher-{spec['push']['function']}", spec["dead_letter"]["topic"])
         for spec in topology["topics"].values()
     } | {("dispatcher-select", "dispatcher-due")}
+    expected |= {
+        (f"dispatcher-{spec['publisher']}", name)
+        for name, spec in topology.get("events", {}).items()
+    }
+    assert ("dispatcher-results", "dispatcher-run-completed") in expected
     assert published == expected
 
 

@@ -33,6 +33,7 @@ FUNCTIONS = {
     "fanout": ("shared.usecases.fanout", "fanout", "due"),
     "maintenance": ("shared.usecases.maintenance", "run_maintenance", "maintenance"),
     "sync": ("shared.usecases.sync", "sync_subscriptions", "sync"),
+    "results": ("shared.usecases.results", "record_result", "result"),
 }
 
 
