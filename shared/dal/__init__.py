@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from shared.config import Settings
     from shared.dal.cloud_tasks import CloudTasksGateway
     from shared.dal.firestore_store import FirestoreSubscriptionStore
+    from shared.dal.pubsub_publisher import PubSubPublisher
     from shared.ledger.repository import Ledger
     from shared.usecases.fanout import FanoutDependencies
     from shared.usecases.results import ResultsDependencies
@@ -34,6 +35,7 @@ __all__ = [
     "OutboundMessage",
     "StoredSubscription",
     "TaskRequest",
+    "completion_publisher",
     "fanout_dependencies",
     "ledger",
     "make_store",
@@ -139,19 +141,26 @@ def fanout_dependencies() -> FanoutDependencies:
 @functools.cache
 def results_dependencies() -> ResultsDependencies:
     """The real dependencies of the results path (clients still created only on first use)."""
-    from shared import clients
     from shared.config import get_settings
     from shared.dal.ledger_gateway import LedgerGateway
-    from shared.dal.pubsub_publisher import PubSubPublisher
-    from shared.usecases.results import RUN_COMPLETED_TOPIC, ResultsDependencies
+    from shared.usecases.results import ResultsDependencies
 
     settings = get_settings()
     return ResultsDependencies(
         settings=settings,
         ledger=LedgerGateway(ledger),
-        completions=PubSubPublisher(
-            clients.publisher,
-            settings.topic_path(RUN_COMPLETED_TOPIC),
-            timeout=settings.publish_timeout_seconds,
-        ),
+        completions=completion_publisher(settings),
+    )
+
+
+def completion_publisher(settings: Settings) -> PubSubPublisher:
+    """Publishes run-completed events (the results function and maintenance reconcile)."""
+    from shared import clients
+    from shared.dal.pubsub_publisher import PubSubPublisher
+    from shared.usecases.results import RUN_COMPLETED_TOPIC
+
+    return PubSubPublisher(
+        clients.publisher,
+        settings.topic_path(RUN_COMPLETED_TOPIC),
+        timeout=settings.publish_timeout_seconds,
     )

@@ -130,6 +130,10 @@ class LedgerGateway:
             lambda: self._factory().unpublished_completions(older_than, limit),
         )
 
-    def mark_lost(self, older_than: timedelta, limit: int) -> list[LostDispatch]:
+    def mark_lost(
+        self, older_than: timedelta, limit: int, *, dry_run: bool = False
+    ) -> list[LostDispatch]:
         """See :meth:`Ledger.mark_lost`."""
-        return _guard("mark_lost", lambda: self._factory().mark_lost(older_than, limit))
+        return _guard(
+            "mark_lost", lambda: self._factory().mark_lost(older_than, limit, dry_run=dry_run)
+        )

@@ -685,22 +685,35 @@ class Ledger:
                 (run_id,),
             )
 
-    def mark_lost(self, older_than: timedelta, limit: int = 1000) -> list[LostDispatch]:
+    def mark_lost(
+        self, older_than: timedelta, limit: int = 1000, *, dry_run: bool = False
+    ) -> list[LostDispatch]:
         """Dispatches created longer than ``older_than`` ago with no final outcome become
-        ``lost`` (final). A real final outcome reported later still replaces it."""
+        ``lost`` (final). A real final outcome reported later still replaces it. ``dry_run``
+        returns them and changes nothing."""
+        # The predicate matches dispatches_unfinished_execution_idx word for word.
+        candidates = (
+            "SELECT id FROM dispatches "
+            "WHERE state = 'created' AND NOT execution_final AND created_at < now() - %s "
+            "ORDER BY created_at LIMIT %s"
+        )
+        returned = (
+            "id, run_id, subscription_id, slot, source_id, source_kind, task_name, created_at"
+        )
         with self._connection() as conn:
-            rows = conn.execute(
-                # The predicate matches dispatches_unfinished_execution_idx word for word.
-                "UPDATE dispatches SET execution_state = 'lost', execution_final = true, "
-                "outcome_key = %s, updated_at = now() "
-                "WHERE id IN (SELECT id FROM dispatches "
-                "  WHERE state = 'created' AND NOT execution_final AND created_at < now() - %s "
-                "  ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED) "
-                "AND NOT execution_final "
-                "RETURNING id, run_id, subscription_id, slot, source_id, source_kind, "
-                "task_name, created_at",
-                (LOST_KEY, older_than, limit),
-            ).fetchall()
+            if dry_run:
+                rows = conn.execute(
+                    f"SELECT {returned} FROM dispatches WHERE id IN ({candidates})",
+                    (older_than, limit),
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    "UPDATE dispatches SET execution_state = 'lost', execution_final = true, "
+                    "outcome_key = %s, updated_at = now() "
+                    f"WHERE id IN ({candidates} FOR UPDATE SKIP LOCKED) AND NOT execution_final "
+                    f"RETURNING {returned}",
+                    (LOST_KEY, older_than, limit),
+                ).fetchall()
         return [LostDispatch(*row) for row in rows]
 
     def execution_state(self, subscription_id: str, slot: datetime, source_id: str) -> str | None:

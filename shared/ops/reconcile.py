@@ -103,12 +103,19 @@ class ReconcileResult:
         return dict(vars(self))
 
 
-def reconcile_stuck(ctx: JobContext, older_than: timedelta) -> None:
-    """The maintenance job: :func:`reconcile` on the real ledger, Firestore and Cloud Tasks."""
+def reconcile_stuck(
+    ctx: JobContext, older_than: timedelta, lost_after: timedelta | None = None
+) -> None:
+    """The maintenance job: :func:`reconcile` on the real ledger, Firestore and Cloud Tasks,
+    then :func:`~shared.ops.settle_outcomes.settle_outcomes` (``lost_after``: the settings' if
+    not given)."""
+    from shared.dal import completion_publisher
     from shared.dal.ledger_gateway import LedgerGateway
+    from shared.ops.settle_outcomes import settle_outcomes
 
+    ledger = LedgerGateway(ctx.ledger_factory)
     result = reconcile(
-        LedgerGateway(ctx.ledger_factory),
+        ledger,
         ctx.store_factory(),
         ctx.tasks_factory(),
         settings=ctx.settings,
@@ -117,6 +124,14 @@ def reconcile_stuck(ctx: JobContext, older_than: timedelta) -> None:
         dry_run=ctx.dry_run,
     )
     ctx.counts.update(result.as_dict())
+    settled = settle_outcomes(
+        ledger,
+        completion_publisher(ctx.settings),
+        lost_after=lost_after or timedelta(seconds=ctx.settings.lost_after_seconds),
+        lease=timedelta(seconds=ctx.settings.completion_lease_seconds),
+        dry_run=ctx.dry_run,
+    )
+    ctx.counts.update(settled.as_dict())
 
 
 def reconcile(

@@ -226,7 +226,12 @@ def _reconcile(arguments: Mapping[str, Any], ctx: JobContext) -> None:
     from shared.ops.reconcile import reconcile_stuck
 
     minutes = int(arguments.get("older_than_minutes", DEFAULT_RECONCILE_MINUTES))
-    reconcile_stuck(ctx, timedelta(minutes=minutes))
+    lost_after = arguments.get("lost_after_seconds")
+    reconcile_stuck(
+        ctx,
+        timedelta(minutes=minutes),
+        None if lost_after is None else timedelta(seconds=int(lost_after)),
+    )
 
 
 _HANDLERS: dict[str, Callable[[Mapping[str, Any], JobContext], None]] = {

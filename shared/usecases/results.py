@@ -39,6 +39,7 @@ from shared.scheduling import floor_minute
 
 __all__ = [
     "RUN_COMPLETED_TOPIC",
+    "CompletionLedger",
     "CompletionPendingError",
     "CompletionPublisher",
     "ResultsDependencies",
@@ -71,7 +72,19 @@ class CompletionPendingError(RetryableError):
     """The run is complete and another instance is publishing its event: come back later."""
 
 
-class ResultsLedger(Protocol):
+class CompletionLedger(Protocol):
+    """The ledger calls publishing a run-completed event makes."""
+
+    def mark_completion_published(self, run_id: int, message_id: str) -> bool:
+        """The event is out."""
+        ...
+
+    def release_completion_claim(self, run_id: int) -> None:
+        """The publish failed: give the claim back."""
+        ...
+
+
+class ResultsLedger(CompletionLedger, Protocol):
     """The ledger calls the results path makes (real: :class:`~shared.dal.ledger_gateway`)."""
 
     def record_outcome(
@@ -85,14 +98,6 @@ class ResultsLedger(Protocol):
         lease: timedelta,
     ) -> OutcomeRecorded | None:
         """See :meth:`shared.ledger.repository.Ledger.record_outcome`."""
-        ...
-
-    def mark_completion_published(self, run_id: int, message_id: str) -> bool:
-        """The event is out."""
-        ...
-
-    def release_completion_claim(self, run_id: int) -> None:
-        """The publish failed: give the claim back."""
         ...
 
 
@@ -175,7 +180,7 @@ def record_result(
 
 
 def publish_completions(
-    ledger: ResultsLedger, publisher: CompletionPublisher, completions: Sequence[RunCompletion]
+    ledger: CompletionLedger, publisher: CompletionPublisher, completions: Sequence[RunCompletion]
 ) -> list[str]:
     """Publish claimed run-completed events, then record each as published.
 
