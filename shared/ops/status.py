@@ -177,7 +177,7 @@ def check_select(ctx: StatusContext) -> CheckResult:
             oldest = page[0]
     if oldest is None:
         return CheckResult(
-            "select", "ok", "no subscription is overdue: the last tick was processed"
+            "select", "ok", "no subscription is overdue (every due one was selected)"
         )
     lag = ctx.now - _next_run(oldest)
     details = {
