@@ -35,6 +35,7 @@ class Env:
     OIDC_CERTS_URL = "DISPATCHER_OIDC_CERTS_URL"
     DEPENDENCY_TIMEOUT = "DISPATCHER_DEPENDENCY_TIMEOUT_SECONDS"
     DEPENDENCY_RETRY_BUDGET = "DISPATCHER_DEPENDENCY_RETRY_BUDGET_SECONDS"
+    MAX_TICK_SKEW = "DISPATCHER_MAX_TICK_SKEW_SECONDS"
 
 
 class ConfigError(ValueError):
@@ -110,6 +111,9 @@ class Settings:
         a failure of a kind no longer configured is never taken as the last)."""
         queue = self.queues.get(kind)
         return queue.max_attempts if queue is not None else -1
+    # How far ahead of the clock a tick's explicit ``time`` may be before select refuses it
+    # (a typo'd year would otherwise move every due next_run_at that far ahead).
+    max_tick_skew_seconds: float = 300.0
 
     def queue_for(self, kind: str) -> QueueConfig:
         """The queue that carries tasks of a source kind; unknown kinds are a configuration gap."""
@@ -183,6 +187,9 @@ def _build(environment: str, raw: Mapping[str, Any], environ: Mapping[str, str])
     jitter = int(core["default_jitter_seconds"])
     if not 0 <= jitter <= 59:
         raise ConfigError(f"dispatcher.default_jitter_seconds: {jitter} is outside 0..59")
+    skew = float(environ.get(Env.MAX_TICK_SKEW) or core.get("max_tick_skew_seconds", 300.0))
+    if skew < 0:
+        raise ConfigError(f"dispatcher.max_tick_skew_seconds: {skew} is negative")
     verify_env = environ.get(Env.PUSH_AUTH_VERIFY)
     outcomes = raw.get("outcomes", {})
     lost_after = float(outcomes.get("lost_after_minutes", 120)) * 60
@@ -229,6 +236,7 @@ def _build(environment: str, raw: Mapping[str, Any], environ: Mapping[str, str])
         oidc_certs_url=environ.get(Env.OIDC_CERTS_URL) or None,
         lost_after_seconds=lost_after,
         completion_lease_seconds=float(outcomes.get("completion_lease_seconds", 60)),
+        max_tick_skew_seconds=skew,
     )
 
 

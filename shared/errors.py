@@ -194,6 +194,25 @@ class InvalidRequestError(PermanentError):
     """The payload passed its schema but asks for the impossible (e.g. shard ≥ shard_count)."""
 
 
+class TaskRejectedError(PermanentError):
+    """Cloud Tasks refused a task with an answer no retry can change (INVALID_ARGUMENT, NOT_FOUND
+    queue, PERMISSION_DENIED, FAILED_PRECONDITION): someone has to fix the queue, the grant or
+    the message first. ``code`` is the gRPC status name, ``task_name`` the full task name."""
+
+    def __init__(self, task_name: str, code: str, message: str) -> None:
+        super().__init__(f"Cloud Tasks refused {task_name} with {code}: {message}")
+        self.task_name = task_name
+        self.code = code
+
+    @property
+    def queue(self) -> str:
+        """The queue part of the task name."""
+        return self.task_name.split("/tasks/", 1)[0]
+
+    def details(self) -> dict[str, str]:
+        return {"path": self.task_name, "rule": self.code, "value": self.queue}
+
+
 # --- retryable -----------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""``python -m emulators.cloudtasks --host H --port P --http-port HP [--tombstone-seconds S]``."""
+"""``python -m emulators.cloudtasks --host H --port P [--http-port HP] [--tombstone-seconds S]``."""
 
 from __future__ import annotations
 
@@ -17,7 +17,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m emulators.cloudtasks")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True, help="gRPC port")
-    parser.add_argument("--http-port", type=int, required=True, help="healthz/certs/history port")
+    # Optional: most users only need the gRPC port; the HTTP side (healthz, certs, history) gets
+    # a free port, printed on start, so nobody has to invent a second port number.
+    parser.add_argument(
+        "--http-port",
+        type=int,
+        default=0,
+        help="healthz/certs/history port (default: a free one, printed on start)",
+    )
     parser.add_argument(
         "--tombstone-seconds",
         type=float,
@@ -71,6 +78,13 @@ def main(argv: list[str] | None = None) -> int:
         grpc_workers=args.grpc_workers,
         grpc_asyncio=not args.grpc_threads,
         log_stream=None if args.quiet else sys.stdout,
+    )
+    # One plain line on stderr, even with --quiet: the only way to learn a picked HTTP port.
+    print(
+        f"cloudtasks emulator: gRPC {handle.grpc_target}, HTTP {handle.http_url} "
+        f"(export CLOUD_TASKS_EMULATOR_HOST={handle.grpc_target})",
+        file=sys.stderr,
+        flush=True,
     )
     stop = threading.Event()
 

@@ -16,6 +16,7 @@ from shared.cli import (
     publish_cmd,
     schemas_cmd,
     stack_cmd,
+    status_cmd,
     subscriptions_cmd,
     sync_cmd,
     topics_cmd,
@@ -38,6 +39,7 @@ app.add_typer(ledger_cmd.app, name="ledger")
 app.command("tick")(publish_cmd.tick)
 app.command("run")(publish_cmd.run)
 app.command("sync")(sync_cmd.sync)
+app.command("status")(status_cmd.status)
 
 
 def main() -> None:

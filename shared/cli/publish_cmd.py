@@ -8,6 +8,7 @@ The lead mounts them as top-level commands: ``app.command("tick")(tick)``,
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
@@ -32,8 +33,21 @@ def _publish(ctx: OpsContext, topic: str, contract: str, payload: dict[str, Any]
     return ctx.publish(topic, json.dumps(payload, separators=(",", ":")).encode())
 
 
+def _refuse_future_tick(when: datetime, skew_seconds: float) -> None:
+    """Say no before publishing what select would dead-letter (same rule, same message)."""
+    from shared.usecases.select_due import TickTooFarAheadError, check_tick_skew
+
+    try:
+        check_tick_skew(when.astimezone(UTC), datetime.now(UTC), skew_seconds)
+    except TickTooFarAheadError as exc:
+        raise CliError(
+            f"{exc.message}. Not published; --dry-run looks ahead safely, --allow-future "
+            "publishes it anyway"
+        ) from exc
+
+
 @friendly_errors
-def tick(
+def tick(  # noqa: PLR0917 - each parameter is a Typer option
     time: Annotated[
         str | None,
         typer.Option("--time", help="Select for this instant (RFC 3339); default: publish time."),
@@ -42,17 +56,28 @@ def tick(
     shard: Annotated[int | None, typer.Option(min=0, max=1023, help="Only this shard.")] = None,
     project: Annotated[str | None, typer.Option(help="Project (default: configuration).")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    allow_future: Annotated[
+        bool,
+        typer.Option(
+            "--allow-future",
+            help="Publish a --time beyond max_tick_skew_seconds ahead anyway (select still "
+            "dead-letters it unless its own skew allows it).",
+        ),
+    ] = False,
 ) -> None:
     """Publish a tick to dispatcher-ticks (what Cloud Scheduler sends every minute)."""
     payload: dict[str, Any] = {}
-    instant = _rfc3339(time, "--time")
+    when = parse_instant_option(time, "--time")
+    instant = None if when is None else when.isoformat().replace("+00:00", "Z")
+    ctx = OpsContext(project)
+    if when is not None and not dry_run and not allow_future:
+        _refuse_future_tick(when, ctx.settings.max_tick_skew_seconds)
     if instant is not None:
         payload["time"] = instant
     if dry_run:
         payload["dry_run"] = True
     if shard is not None:
         payload["shard"] = shard
-    ctx = OpsContext(project)
     message_id = _publish(ctx, TICKS_TOPIC, "tick", payload)
     if as_json:
         print_json({"topic": TICKS_TOPIC, "message_id": message_id, "payload": payload})

@@ -1,4 +1,12 @@
-"""Creating named HTTP Cloud Tasks; ALREADY_EXISTS is an answer, not a failure."""
+"""Creating named HTTP Cloud Tasks; ALREADY_EXISTS is an answer, not a failure.
+
+Cloud Tasks answers are sorted by what a retry could change: ALREADY_EXISTS is success; the
+codes in :data:`PERMANENT_CODES` can never succeed on a retry of the same request (a task
+scheduled beyond 30 days, a queue that does not exist, a missing grant, a disabled queue) and
+raise :class:`~shared.errors.TaskRejectedError` (permanent: the due message is dead-lettered
+once with the reason); everything else (unavailable, deadline, internal, resource exhausted)
+raises :class:`TaskCreateError` (retryable: Pub/Sub redelivers).
+"""
 
 from __future__ import annotations
 
@@ -10,12 +18,20 @@ from google.api_core import exceptions as gexc
 from google.api_core import retry as gretry
 
 from shared.dal.records import TaskRequest
-from shared.errors import RetryableError
+from shared.errors import RetryableError, TaskRejectedError
 
 if TYPE_CHECKING:
     from google.cloud import tasks_v2
 
-__all__ = ["CloudTasksGateway", "CreateOutcome", "TaskCreateError"]
+__all__ = ["PERMANENT_CODES", "CloudTasksGateway", "CreateOutcome", "TaskCreateError"]
+
+#: Exception classes of answers that no retry can change, with their gRPC code names.
+PERMANENT_CODES: Final[dict[type[gexc.GoogleAPICallError], str]] = {
+    gexc.InvalidArgument: "INVALID_ARGUMENT",
+    gexc.NotFound: "NOT_FOUND",
+    gexc.PermissionDenied: "PERMISSION_DENIED",
+    gexc.FailedPrecondition: "FAILED_PRECONDITION",
+}
 
 CALL_TIMEOUT_SECONDS: Final = 10.0
 RETRY_BUDGET_SECONDS: Final = 15.0
@@ -52,7 +68,11 @@ class CloudTasksGateway:
         self._retry_budget = retry_budget
 
     def create(self, request: TaskRequest) -> CreateOutcome:
-        """Create the task; ALREADY_EXISTS means an earlier attempt did, and is success."""
+        """Create the task; ALREADY_EXISTS means an earlier attempt did, and is success.
+
+        Raises :class:`~shared.errors.TaskRejectedError` for an answer in
+        :data:`PERMANENT_CODES`, :class:`TaskCreateError` for any other failure.
+        """
         from google.protobuf import timestamp_pb2
 
         schedule = timestamp_pb2.Timestamp()
@@ -85,6 +105,9 @@ class CloudTasksGateway:
             )
         except gexc.AlreadyExists:
             return CreateOutcome.ALREADY_EXISTS
+        except tuple(PERMANENT_CODES) as exc:
+            code = next(c for cls, c in PERMANENT_CODES.items() if isinstance(exc, cls))
+            raise TaskRejectedError(request.name, code, str(exc.message)) from exc
         except (gexc.GoogleAPIError, ValueError) as exc:
             raise TaskCreateError(request.name, f"{type(exc).__name__}: {exc}") from exc
         return CreateOutcome.CREATED

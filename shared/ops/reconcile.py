@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 from shared.config import ConfigError
 from shared.dal.records import TaskRequest
-from shared.errors import RetryableError, SchemaValidationError
+from shared.errors import RetryableError, SchemaValidationError, TaskRejectedError
 from shared.subscription import InvalidSubscription, Subscription
 from shared.usecases.fanout import (
     SubscriptionReader,
@@ -178,7 +178,9 @@ def reconcile(
                 continue
             try:
                 outcome = tasks.create(request)
-            except RetryableError as exc:
+            # A refusal (the queue gone, a grant missing) is recorded like any failure: the row
+            # stays failed with the reason, and the job goes on with the other rows.
+            except (RetryableError, TaskRejectedError) as exc:
                 consecutive_failures += 1
                 ledger.mark_failed(row.id, exc.message)
                 result.failed += 1

@@ -22,9 +22,25 @@ For a due message (subscription, slot):
    done, anything else (won now, or claimed/failed by an earlier attempt) is (re)created;
 4. the tasks are created concurrently under names derived from the dispatch keys
    (:mod:`shared.dispatch_key`); ALREADY_EXISTS means an earlier attempt landed and counts as
-   created; successes are marked ``created``, failures ``failed`` (attempts + 1), and if any
-   failed the message is retried (:class:`~shared.errors.RetryableError`) after all were
-   attempted. The redelivery finds the created ones done and retries only the rest.
+   created; successes are marked ``created``, failures ``failed`` (attempts + 1, the reason in
+   ``last_error``), all after every create was attempted. Then:
+
+   * any **transient** failure (unavailable, timeout): the message is retried
+     (:class:`~shared.errors.RetryableError`); the redelivery finds the created ones done and
+     retries only the rest;
+   * only **permanent** refusals left (:class:`~shared.errors.TaskRejectedError`: the queue does
+     not exist, a missing grant, an invalid task): retrying cannot help, so the message is
+     dead-lettered once with the reason (:class:`TasksRejectedError`) instead of being
+     redelivered until Pub/Sub gives up without one. Tasks created in the same attempt stay
+     created; a replay after the fix creates only the refused ones (their rows are ``failed``,
+     not ``created``). A transient failure beside a refusal still retries first: the retry may
+     create that one, and the refusal is dead-lettered on the attempt that has nothing else
+     left to try.
+
+Guard: Cloud Tasks refuses a schedule time more than 30 days ahead (INVALID_ARGUMENT). A slot
+whose task would be scheduled further ahead than that is refused here
+(:class:`SlotTooFarAheadError`, permanent) before anything is written to the ledger, so it leaves
+no failed rows behind, only its dead letter.
 
 A message without ``slot`` is a manual run: slot = its publish time truncated to the minute,
 reason ``manual`` unless it says otherwise. A given slot is truncated to the minute too, so a
@@ -39,7 +55,7 @@ import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Protocol
 
 from shared.config import ConfigError, Settings
@@ -51,6 +67,7 @@ from shared.errors import (
     InvalidRequestError,
     PermanentError,
     RetryableError,
+    TaskRejectedError,
     UnknownSubscriptionError,
 )
 from shared.instants import format_instant, format_slot
@@ -59,13 +76,16 @@ from shared.scheduling import floor_minute, jitter_offset
 from shared.subscription import InvalidSubscription, Source, Subscription
 
 __all__ = [
+    "MAX_SCHEDULE_AHEAD",
     "DispatchLedger",
     "FanoutDependencies",
     "FanoutResult",
     "InvalidSubscriptionDocumentError",
+    "SlotTooFarAheadError",
     "SubscriptionReader",
     "TaskGateway",
     "TasksNotCreatedError",
+    "TasksRejectedError",
     "UnknownSourceKindError",
     "build_task_request",
     "fanout",
@@ -76,6 +96,8 @@ logger = logging.getLogger(__name__)
 
 _MAX_CREATE_WORKERS: Final = 16
 _SCHEDULED_REASONS: Final = frozenset({"schedule", "catch-up"})
+#: The furthest ahead Cloud Tasks accepts a task's schedule time (documented quota).
+MAX_SCHEDULE_AHEAD: Final = timedelta(days=30)
 
 
 # -- errors ------------------------------------------------------------------------------------
@@ -108,6 +130,34 @@ class TasksNotCreatedError(RetryableError):
     """Some Cloud Tasks could not be created; the ledger marks them failed; redelivery retries."""
 
 
+class TasksRejectedError(PermanentError):
+    """Cloud Tasks refused some tasks for good; they are ``failed`` in the ledger, the others
+    stay created, and the message is dead-lettered so that a replay after the fix finishes it."""
+
+    def __init__(self, message: str, first: TaskRejectedError) -> None:
+        super().__init__(message)
+        self.first = first
+
+    def details(self) -> dict[str, str]:
+        return self.first.details()
+
+
+class SlotTooFarAheadError(PermanentError):
+    """The slot's task would be scheduled further ahead than Cloud Tasks accepts (30 days)."""
+
+    def __init__(self, slot: datetime, schedule_time: datetime, now: datetime) -> None:
+        days = (schedule_time - now) / timedelta(days=1)
+        super().__init__(
+            f"slot {format_slot(slot)} would schedule its tasks {days:.1f} days ahead "
+            f"(at {format_instant(schedule_time)}); Cloud Tasks accepts at most "
+            f"{MAX_SCHEDULE_AHEAD.days} days: publish it again closer to the slot"
+        )
+        self.slot = slot
+
+    def details(self) -> dict[str, str]:
+        return {"path": "$.slot", "rule": "max_schedule_ahead_30d", "value": format_slot(self.slot)}
+
+
 # -- ports -------------------------------------------------------------------------------------
 
 
@@ -123,7 +173,8 @@ class TaskGateway(Protocol):
     """Creates named Cloud Tasks."""
 
     def create(self, request: TaskRequest) -> object:
-        """Create (or find already existing); raise RetryableError on failure."""
+        """Create (or find already existing); raise RetryableError on a transient failure,
+        :class:`~shared.errors.TaskRejectedError` on a refusal no retry can change."""
         ...
 
 
@@ -195,8 +246,9 @@ def fanout(
     """Create one Cloud Task per source of the due subscription, exactly once per dispatch key.
 
     See the module docstring. Raises a :class:`~shared.errors.PermanentError` for an unknown or
-    invalid subscription and a :class:`~shared.errors.RetryableError` when a dependency failed
-    or any task could not be created.
+    invalid subscription, a slot too far ahead, or tasks Cloud Tasks refused for good, and a
+    :class:`~shared.errors.RetryableError` when a dependency failed or a task could not be
+    created for a reason a retry may change.
     """
     if deps is None:
         from shared.dal import fanout_dependencies
@@ -240,6 +292,10 @@ def fanout(
             extra={**log, "decision": "dispatch-paused"},
         )
 
+    schedule_time = task_schedule_time(deps.settings, subscription, slot)
+    if schedule_time - now > MAX_SCHEDULE_AHEAD:
+        # Before any ledger write: Cloud Tasks would refuse every task of this slot.
+        raise SlotTooFarAheadError(slot, schedule_time, now)
     specs = _source_specs(deps.settings, subscription, slot)
     by_source = {s.id: s for s in subscription.sources}
 
@@ -269,16 +325,21 @@ def fanout(
 
     created_ids: list[int] = []
     errors: list[tuple[Claim, RetryableError]] = []
+    rejections: list[tuple[Claim, TaskRejectedError]] = []
     for claim, outcome in zip(todo, outcomes, strict=True):
         if isinstance(outcome, RetryableError):
             errors.append((claim, outcome))
+        elif isinstance(outcome, TaskRejectedError):
+            rejections.append((claim, outcome))
         else:
             created_ids.append(claim.dispatch_id)
             result.created.append(claim.source_id)
     if created_ids:
         deps.ledger.mark_created_many(created_ids)
-    for claim, error in errors:
-        deps.ledger.mark_failed(claim.dispatch_id, error.message)
+    # The ledger shows every failure with its reason before the message is retried or
+    # dead-lettered: it is where an operator looks first (dispatcher status, ledger dispatches).
+    for claim, failure in [*errors, *rejections]:
+        deps.ledger.mark_failed(claim.dispatch_id, failure.message)
         result.failed.append(claim.source_id)
 
     logger.info(
@@ -290,7 +351,7 @@ def fanout(
         len(result.failed),
         extra={
             **log,
-            "decision": "dispatched" if not errors else "partially-dispatched",
+            "decision": "dispatched" if not result.failed else "partially-dispatched",
             "run_id": run.id,
             "created_sources": result.created,
             "done_sources": result.already_done,
@@ -303,6 +364,15 @@ def fanout(
             f"{len(errors)} of {len(todo)} task(s) for {subscription_id} @ {format_slot(slot)} "
             f"not created (first: {first.message})"
         ) from first
+    if rejections:
+        refused = rejections[0][1]
+        raise TasksRejectedError(
+            f"{len(rejections)} of {len(todo)} task(s) for {subscription_id} @ "
+            f"{format_slot(slot)} refused by Cloud Tasks ({', '.join(result.failed)}; "
+            f"{len(result.created)} created stay created, a replay after the fix creates only "
+            f"the refused ones): {refused.message}",
+            refused,
+        ) from refused
     return result
 
 
@@ -392,39 +462,45 @@ def build_task_request(
     # The body is ours alone; validating it turns a contract drift into a loud, permanent error
     # instead of collectors rejecting tasks one by one.
     validate("collector-task.v1.json", body)
-    jitter = (
-        subscription.jitter_seconds
-        if subscription.jitter_seconds is not None
-        else settings.default_jitter_seconds
-    )
     return TaskRequest(
         name=task_name,
         queue=queue,
         url=url,
         body=json.dumps(body, separators=(",", ":"), sort_keys=True).encode(),
-        schedule_time=slot + jitter_offset(subscription.id, slot, jitter),
+        schedule_time=task_schedule_time(settings, subscription, slot),
         service_account=settings.collector_service_account,
         audience=url,
     )
 
 
+def task_schedule_time(settings: Settings, subscription: Subscription, slot: datetime) -> datetime:
+    """When the slot's tasks are due: the slot plus the subscription's deterministic jitter."""
+    jitter = (
+        subscription.jitter_seconds
+        if subscription.jitter_seconds is not None
+        else settings.default_jitter_seconds
+    )
+    slot = slot.astimezone(UTC)
+    return slot + jitter_offset(subscription.id, slot, jitter)
+
+
 def _create_all(
     tasks: TaskGateway, requests: Sequence[TaskRequest]
-) -> list[object | RetryableError]:
+) -> list[object | RetryableError | TaskRejectedError]:
     """Create every task concurrently; each outcome is the gateway's answer or its error."""
     if not requests:
         return []
 
-    def one(request: TaskRequest) -> object | RetryableError:
+    def one(request: TaskRequest) -> object | RetryableError | TaskRejectedError:
         try:
             return tasks.create(request)
-        except RetryableError as exc:
+        except (RetryableError, TaskRejectedError) as exc:
             return exc
 
     if len(requests) == 1:
         return [one(requests[0])]
     with ThreadPoolExecutor(min(len(requests), _MAX_CREATE_WORKERS), "fanout-create") as pool:
-        futures: list[Future[object | RetryableError]] = [
+        futures: list[Future[object | RetryableError | TaskRejectedError]] = [
             pool.submit(contextvars.copy_context().run, one, r) for r in requests
         ]
         return [f.result() for f in futures]

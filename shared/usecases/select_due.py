@@ -50,6 +50,14 @@ Cloud Task names absorb them, and each (subscription, slot, source) is dispatche
 
 Paused and expired subscriptions are not due (the query excludes them). ``dry_run`` ticks log
 what would be published and write nothing.
+
+Guard: a tick whose explicit ``time`` is more than ``max_tick_skew_seconds`` (default 5 min)
+ahead of the clock is refused before anything is read (:class:`TickTooFarAheadError`,
+dead-lettered with its reason). Processing it would be correct by the rules above and still a
+disaster: every due document's ``next_run_at`` would move past that time, and every slot in
+between would be dropped by the catch-up policy. A ``dry_run`` tick writes nothing, so it may
+look ahead as far as it likes. The publish time is Pub/Sub's clock, not typed by hand, and is
+not checked.
 """
 
 from __future__ import annotations
@@ -60,13 +68,13 @@ import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 from shared.config import Settings
 from shared.dal.records import Advance, OutboundMessage, StoredSubscription
 from shared.envelope import PushMessage, parse_rfc3339
-from shared.errors import InvalidRequestError, RetryableError
+from shared.errors import InvalidRequestError, PermanentError, RetryableError
 from shared.instants import format_slot
 from shared.scheduling import TickPlan, plan_tick
 from shared.subscription import InvalidSubscription, Subscription
@@ -76,6 +84,8 @@ __all__ = [
     "SelectDependencies",
     "SelectResult",
     "SubscriptionDueStore",
+    "TickTooFarAheadError",
+    "check_tick_skew",
     "select_due",
 ]
 
@@ -84,6 +94,38 @@ logger = logging.getLogger(__name__)
 _MAX_SHARD_WORKERS = 8
 
 _T = TypeVar("_T")
+
+
+class TickTooFarAheadError(PermanentError):
+    """A tick's ``time`` is further ahead of now than ``max_tick_skew_seconds`` allows."""
+
+    def __init__(self, tick: datetime, now: datetime, skew_seconds: float) -> None:
+        ahead = tick - now
+        super().__init__(
+            f"tick time {format_slot(tick)} is {_duration(ahead)} ahead of now "
+            f"({format_slot(now)}), more than max_tick_skew_seconds={skew_seconds:g}: processing "
+            "it would move every due next_run_at past it and skip every slot in between "
+            "(a dry_run tick may look ahead)"
+        )
+        self.tick = tick
+
+    def details(self) -> dict[str, str]:
+        return {"path": "$.time", "rule": "max_tick_skew_seconds", "value": format_slot(self.tick)}
+
+
+def _duration(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    if seconds >= 86400:
+        return f"{seconds // 86400}d {seconds % 86400 // 3600}h"
+    if seconds >= 3600:
+        return f"{seconds // 3600}h {seconds % 3600 // 60}m"
+    return f"{seconds // 60}m {seconds % 60}s"
+
+
+def check_tick_skew(tick: datetime, now: datetime, skew_seconds: float) -> None:
+    """Raise :class:`TickTooFarAheadError` if ``tick`` is more than ``skew_seconds`` ahead."""
+    if tick - now > timedelta(seconds=skew_seconds):
+        raise TickTooFarAheadError(tick, now, skew_seconds)
 
 
 class SubscriptionDueStore(Protocol):
@@ -181,7 +223,8 @@ def select_due(
     """Select the due subscriptions of a tick and publish their due messages (module docstring).
 
     Raises :class:`~shared.errors.InvalidRequestError` (permanent) for a shard outside the
-    configured count and :class:`~shared.errors.RetryableError` when Firestore or Pub/Sub
+    configured count, :class:`TickTooFarAheadError` (permanent) for a ``time`` too far ahead,
+    and :class:`~shared.errors.RetryableError` when Firestore or Pub/Sub
     failed -- after every shard has finished, so the other shards' work is kept.
     """
     if deps is None:
@@ -189,8 +232,11 @@ def select_due(
 
         deps = select_dependencies()
     settings = deps.settings
-    tick = tick_time_of(payload, message, deps.clock())
+    now = deps.clock()
+    tick = tick_time_of(payload, message, now)
     dry_run = bool(payload.get("dry_run", False))
+    if isinstance(payload.get("time"), str) and not dry_run:
+        check_tick_skew(tick, now, settings.max_tick_skew_seconds)
     shard = payload.get("shard")
     if shard is not None and not 0 <= int(shard) < settings.shard_count:
         raise InvalidRequestError(

@@ -77,3 +77,11 @@ def test_out_of_range_values_name_their_key(tmp_path: Path) -> None:
     (tmp_path / "app.toml").write_text(text)
     with pytest.raises(ConfigError, match=r"dispatcher\.shard_count: 0 is outside 1\.\.1024"):
         load_settings(environ={}, config_dir=tmp_path)
+
+
+def test_the_tick_skew_comes_from_app_toml_and_the_environment_wins() -> None:
+    assert load_settings(environ={}).max_tick_skew_seconds == 300.0
+    settings = load_settings(environ={"DISPATCHER_MAX_TICK_SKEW_SECONDS": "60"})
+    assert settings.max_tick_skew_seconds == 60.0
+    with pytest.raises(ConfigError, match="max_tick_skew_seconds"):
+        load_settings(environ={"DISPATCHER_MAX_TICK_SKEW_SECONDS": "-1"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -130,3 +131,33 @@ def test_reset_endpoint_drops_everything(process: tuple[ManagedProcess, str, str
     assert requests.post(f"{http_url}/reset", timeout=5).json() == {"reset": True}
     assert list(client.list_queues(parent=PARENT)) == []
     assert requests.get(f"{http_url}/queues", timeout=5).json() == {"queues": []}
+
+
+def test_without_http_port_a_free_one_is_picked_and_printed(tmp_path: Path) -> None:
+    grpc_port = free_port()
+    log_path = tmp_path / "emulator.log"
+    printed: dict[str, str] = {}
+
+    def http_url_printed() -> bool:
+        text = log_path.read_text() if log_path.exists() else ""
+        match = re.search(r"HTTP (http://127\.0\.0\.1:\d+)", text)
+        if match is None:
+            return False
+        printed["url"] = match.group(1)
+        return requests.get(f"{printed['url']}/healthz", timeout=1).text == "ok"
+
+    proc = ManagedProcess(
+        name="cloudtasks-no-http-port",
+        argv=[sys.executable, "-m", "emulators.cloudtasks", "--port", str(grpc_port), "--quiet"],
+        log_path=log_path,
+        ready=http_url_printed,
+        cwd=Path(__file__).resolve().parents[3],
+        startup_timeout=30.0,
+    )
+    proc.start()
+    try:
+        proc.wait_ready()
+        assert f"gRPC 127.0.0.1:{grpc_port}" in log_path.read_text()
+        assert not printed["url"].endswith(f":{grpc_port}")
+    finally:
+        proc.stop()

@@ -23,7 +23,7 @@ from shared.dal.records import (
     TaskRequest,
 )
 from shared.envelope import PushMessage
-from shared.errors import DependencyUnavailableError
+from shared.errors import DependencyUnavailableError, TaskRejectedError
 from shared.ledger.repository import Claim, DispatchRow, RunRef, SourceSpec
 
 BASE_VERSION = datetime(2020, 1, 1, tzinfo=UTC)
@@ -219,6 +219,8 @@ class FakeTasks:
         self.created: dict[str, TaskRequest] = {}
         self.calls: list[str] = []
         self.fail_names: set[str] = set()
+        # Queues that do not exist: creates there are refused for good (NOT_FOUND).
+        self.missing_queues: set[str] = set()
         self.lock = threading.Lock()
 
     def create(self, request: TaskRequest) -> str:
@@ -226,6 +228,8 @@ class FakeTasks:
             self.calls.append(request.name)
             if request.name in self.fail_names:
                 raise DependencyUnavailableError("cloudtasks", f"injected failure {request.name}")
+            if request.queue in self.missing_queues:
+                raise TaskRejectedError(request.name, "NOT_FOUND", f"queue {request.queue} gone")
             if request.name in self.created:
                 return "already-exists"
             self.created[request.name] = request

@@ -16,6 +16,8 @@ from shared.scheduling import jitter_offset
 from shared.usecases.fanout import (
     FanoutDependencies,
     InvalidSubscriptionDocumentError,
+    SlotTooFarAheadError,
+    TasksRejectedError,
     UnknownSourceKindError,
     fanout,
 )
@@ -273,3 +275,88 @@ def test_one_structured_decision_line_per_due_message(
     assert {r.__dict__["subscription_id"] for r in decisions} == {"acme"}
     assert [len(r.__dict__["created_sources"]) for r in decisions] == [3, 0]
     assert [len(r.__dict__["done_sources"]) for r in decisions] == [0, 3]
+
+
+def test_a_missing_queue_is_permanent_once_the_others_are_created_and_a_replay_finishes(
+    deps: FanoutDependencies, settings: Settings, tasks: FakeTasks, ledger: FakeLedger
+) -> None:
+    news_queue = settings.queue_path("news-api")
+    tasks.missing_queues.add(news_queue)
+    with pytest.raises(TasksRejectedError) as caught:
+        fanout(due(), message("due-1"), deps=deps)
+    error = caught.value
+    assert isinstance(error, PermanentError)
+    refused = task_name(news_queue, DispatchKey("acme", utc("2026-01-05T09:00"), "newsapi"))
+    assert error.details() == {"path": refused, "rule": "NOT_FOUND", "value": news_queue}
+    assert "1 of 3" in error.message and "newsapi" in error.message
+    assert ledger.states() == {"reuters": "created", "newsapi": "failed", "tweets": "created"}
+    row = next(r for r in ledger.rows.values() if r.claim.source_id == "newsapi")
+    assert row.error is not None and "NOT_FOUND" in row.error
+    # The queue is created again; the dead letter is replayed: only the refused task is made.
+    tasks.missing_queues.clear()
+    tasks.calls.clear()
+    fanout(due(), message("due-1-replayed"), deps=deps)
+    assert tasks.calls == [refused]
+    assert set(ledger.states().values()) == {"created"}
+
+
+def test_a_transient_failure_beside_a_refusal_retries_first(
+    deps: FanoutDependencies, settings: Settings, tasks: FakeTasks, ledger: FakeLedger
+) -> None:
+    slot = utc("2026-01-05T09:00")
+    tasks.missing_queues.add(settings.queue_path("news-api"))
+    tasks.fail_names.add(
+        task_name(settings.queue_path("social"), DispatchKey("acme", slot, "tweets"))
+    )
+    with pytest.raises(RetryableError):
+        fanout(due(), message(), deps=deps)
+    assert ledger.states() == {"reuters": "created", "newsapi": "failed", "tweets": "failed"}
+    # The redelivery creates the transient one; only the refusal is left: dead-lettered now.
+    tasks.fail_names.clear()
+    with pytest.raises(TasksRejectedError):
+        fanout(due(), message(), deps=deps)
+    assert ledger.states() == {"reuters": "created", "newsapi": "failed", "tweets": "created"}
+
+
+@pytest.mark.parametrize(("days_ahead", "refused"), [(29, False), (40, True)])
+def test_a_slot_beyond_30_days_is_permanent_before_anything_is_written(
+    deps: FanoutDependencies,
+    tasks: FakeTasks,
+    ledger: FakeLedger,
+    days_ahead: int,
+    refused: bool,
+) -> None:
+    slot = utc("2026-01-05T09:00") + timedelta(days=days_ahead)
+    payload = due(slot=slot.isoformat().replace("+00:00", "Z"), reason="manual")
+    if not refused:
+        fanout(payload, message(), deps=deps)
+        assert len(tasks.created) == 3
+        return
+    with pytest.raises(SlotTooFarAheadError) as caught:
+        fanout(payload, message(), deps=deps)
+    assert caught.value.details() == {
+        "path": "$.slot",
+        "rule": "max_schedule_ahead_30d",
+        "value": "2026-02-14T09:00:00Z",
+    }
+    assert "40.0 days ahead" in caught.value.message
+    assert tasks.calls == [] and ledger.runs == {} and ledger.rows == {}
+
+
+def test_the_30_day_limit_counts_the_jitter(
+    settings: Settings, store: FakeSubscriptionStore, tasks: FakeTasks, ledger: FakeLedger
+) -> None:
+    # The schedule time (slot + jitter) is what Cloud Tasks checks: with the clock on the minute,
+    # a slot exactly 30 days ahead is refused with any jitter, and accepted without.
+    now = utc("2026-01-05T09:00")
+    deps = FanoutDependencies(
+        settings=settings, store=store, tasks=tasks, ledger=ledger, clock=lambda: now
+    )
+    slot = now + timedelta(days=30)
+    payload = due(slot=slot.isoformat().replace("+00:00", "Z"), reason="manual")
+    assert jitter_offset("acme", slot, 20) > timedelta(0)
+    with pytest.raises(SlotTooFarAheadError):
+        fanout(payload, message(), deps=deps)
+    store.docs["acme"]["jitter_seconds"] = 0
+    fanout(payload, message(), deps=deps)
+    assert len(tasks.created) == 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 
 from shared.config import Settings, load_settings
 from shared.errors import InvalidRequestError, RetryableError
-from shared.usecases.select_due import SelectDependencies, select_due
+from shared.usecases.select_due import SelectDependencies, TickTooFarAheadError, select_due
 from tests.support.core import subscription_doc, utc
 
 from .fakes import FakePublisher, FakeSubscriptionStore, message
@@ -362,3 +363,58 @@ def test_a_failed_advance_fails_the_tick_after_the_other_shards_finished(
     assert all(store.docs[s]["next_run_at"] == utc("2026-01-05T09:05") for s in ids), (
         "nothing may be left behind after the retry"
     )
+
+
+def test_a_tick_a_year_ahead_is_permanent_and_reads_publishes_and_moves_nothing(
+    deps: SelectDependencies, store: FakeSubscriptionStore, publisher: FakePublisher
+) -> None:
+    add(store, "acme", utc("2029-12-31T23:00"))
+    before = dict(store.docs["acme"])
+    with pytest.raises(TickTooFarAheadError) as caught:
+        tick(deps, "2031-01-01T00:00:00Z")
+    assert caught.value.details() == {
+        "path": "$.time",
+        "rule": "max_tick_skew_seconds",
+        "value": "2031-01-01T00:00:00Z",
+    }
+    assert "365d" in caught.value.message and "skip every slot" in caught.value.message
+    assert store.queries == 0 and publisher.messages == []
+    assert store.docs["acme"] == before
+
+
+def test_a_tick_within_the_skew_is_processed_and_one_beyond_it_is_not(
+    deps: SelectDependencies, store: FakeSubscriptionStore, publisher: FakePublisher
+) -> None:
+    # The clock says 2030-01-01T00:00; the default skew is 300 s.
+    add(store, "acme", utc("2030-01-01T00:05"))
+    tick(deps, "2030-01-01T00:05:00Z")
+    assert published(publisher) == [("acme", "2030-01-01T00:05:00Z", "schedule")]
+    with pytest.raises(TickTooFarAheadError):
+        tick(deps, "2030-01-01T00:05:01Z")
+
+
+def test_the_skew_is_configurable_and_a_dry_run_may_look_ahead(
+    settings: Settings, store: FakeSubscriptionStore, publisher: FakePublisher
+) -> None:
+    add(store, "acme", utc("2030-01-01T02:00"))
+    deps = SelectDependencies(
+        settings=replace(settings, max_tick_skew_seconds=7200),
+        store=store,
+        publisher=publisher,
+        clock=lambda: utc("2030-01-01T00:00"),
+    )
+    tick(deps, "2030-01-01T02:00:00Z")
+    assert len(publisher.messages) == 1
+    tick(deps, "2031-01-01T00:00:00Z", dry_run=True)  # logs only: nothing to protect
+    assert len(publisher.messages) == 1
+    with pytest.raises(TickTooFarAheadError):
+        tick(deps, "2030-01-01T02:00:01Z")
+
+
+def test_the_publish_time_is_not_checked(
+    deps: SelectDependencies, store: FakeSubscriptionStore, publisher: FakePublisher
+) -> None:
+    # Pub/Sub stamps it, nobody types it; a function clock behind Pub/Sub's must not stop ticks.
+    add(store, "acme", utc("2030-01-01T00:10"))
+    select_due({}, message("t", publish_time=utc("2030-01-01T00:10")), deps=deps)
+    assert published(publisher) == [("acme", "2030-01-01T00:10:00Z", "schedule")]
