@@ -105,15 +105,15 @@ class Settings:
     lost_after_seconds: float = 7200.0
     # How long one results instance holds the right to publish a run's run-completed event.
     completion_lease_seconds: float = 60.0
+    # How far ahead of the clock a tick's explicit ``time`` may be before select refuses it
+    # (a typo'd year would otherwise move every due next_run_at that far ahead).
+    max_tick_skew_seconds: float = 300.0
 
     def max_attempts_for(self, kind: str) -> int:
         """The queue's max attempts for a source kind (``-1``: unlimited; unknown kind: -1, so
         a failure of a kind no longer configured is never taken as the last)."""
         queue = self.queues.get(kind)
         return queue.max_attempts if queue is not None else -1
-    # How far ahead of the clock a tick's explicit ``time`` may be before select refuses it
-    # (a typo'd year would otherwise move every due next_run_at that far ahead).
-    max_tick_skew_seconds: float = 300.0
 
     def queue_for(self, kind: str) -> QueueConfig:
         """The queue that carries tasks of a source kind; unknown kinds are a configuration gap."""
