@@ -18,14 +18,18 @@ from tests.unit.deploy.provider_schema import BINDINGS, Bindings, ProviderSchema
 from tests.unit.deploy.schema_check import check_configuration
 
 
-def pinned_major() -> int:
-    """The major of hashicorp/google that versions.tf allows (it must allow exactly one)."""
+def pinned() -> tuple[int, int]:
+    """(major, minimum minor) of hashicorp/google that versions.tf allows: one major only."""
     terraform_block = load_hcl(TERRAFORM / "versions.tf")["terraform"][0]
     google = terraform_block["required_providers"][0]["google"]
     assert google["source"] == "hashicorp/google"
-    match = re.fullmatch(r"~>\s*(\d+)\.\d+(?:\.\d+)?", google["version"])
-    assert match, f"versions.tf pins google {google['version']!r}: use '~> N.M' (one major)"
-    return int(match.group(1))
+    match = re.fullmatch(r"~>\s*(\d+)\.(\d+)", google["version"])
+    assert match, f"versions.tf pins google {google['version']!r}: use '~> MAJOR.MINOR'"
+    return int(match.group(1)), int(match.group(2))
+
+
+def pinned_major() -> int:
+    return pinned()[0]
 
 
 def pinned_bindings() -> Bindings:
@@ -42,6 +46,12 @@ def schema(request: pytest.FixtureRequest) -> ProviderSchema:
 def test_versions_tf_pins_a_major_whose_schema_is_checked() -> None:
     majors = sorted(b.major for b in BINDINGS)
     assert pinned_major() in majors, f"versions.tf pins {pinned_major()}, schemas cover {majors}"
+
+
+def test_versions_tf_allows_no_release_older_than_the_checked_one() -> None:
+    # Minor releases only add: a name that exists in 8.7 exists in 8.9, not necessarily in 8.2.
+    checked = tuple(int(part) for part in pinned_bindings().provider_version.split(".")[:2])
+    assert pinned() == checked, f"versions.tf allows from {pinned()}, the check reads {checked}"
 
 
 def test_terraform_matches_the_provider_schema(schema: ProviderSchema) -> None:
