@@ -166,7 +166,10 @@ def check_references(text: str, declared: Mapping[str, Declared]) -> list[str]:
             problems.append(f"reference to {address}, which is not declared")
             continue
         steps = [m.group(0) for m in _STEP.finditer(match["steps"])]
-        if target.repeated and steps and steps[0].startswith("["):
+        if target.repeated and steps:
+            if not steps[0].startswith("["):
+                problems.append(f"{address} has for_each or count: {steps[0]} needs an instance")
+                continue
             steps = steps[1:]  # the instance key
         problems += walk(address, target.block, steps)
     # for k, v in google_x.y : ... v.attr ...  -- v is one instance of google_x.y

@@ -120,6 +120,13 @@ MUTATIONS = [
         "service_config.secret_environment_variables: no argument kee",
     ),
     (
+        "attribute of a for_each resource read without an instance key",
+        "iam.tf",
+        'google_service_account.function["select"].email',
+        "google_service_account.function.email",
+        "google_service_account.function has for_each or count: .email needs an instance",
+    ),
+    (
         "misspelt resource type",
         "tasks.tf",
         'resource "google_cloud_tasks_queue" "queue"',
