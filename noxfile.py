@@ -31,7 +31,13 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session(python=False)
 def terraform(session: nox.Session) -> None:
-    """terraform fmt -check (providers cannot be downloaded here; tests parse the HCL)."""
+    """Cache the google provider's schema for the tests, then terraform fmt -check.
+
+    Providers cannot be downloaded here, so tests/unit/deploy checks terraform/ against the schema
+    inside the provider's CDK bindings on PyPI: the wheels are fetched (no deps) and compacted into
+    .cache/provider-schemas/ once per version; later runs find them there and touch no network.
+    """
+    session.run("python", "-m", "tests.unit.deploy.provider_schema", "fetch")
     if shutil.which("terraform") is None:
         session.skip("terraform is not installed")
     session.run("terraform", "fmt", "-check", "-recursive", "terraform")

@@ -129,3 +129,26 @@ variable "tasks_log_sampling_ratio" {
   type        = number
   default     = 0.1
 }
+
+variable "notification_channels" {
+  description = "Monitoring notification channel ids (projects/<project>/notificationChannels/<id>) every alert policy notifies; created once per project, outside this configuration."
+  type        = list(string)
+  default     = []
+}
+
+variable "alert_thresholds" {
+  description = "Thresholds of the alert policies in monitoring.tf."
+  type = object({
+    fanout_retry_ratio         = number
+    dispatch_failures_per_5m   = number
+    task_attempt_delay_seconds = number
+  })
+  # A dependency blip causes a short burst of retries that heals by itself: alert when one
+  # decision in ten asks for redelivery for ten minutes. Any refused task is worth a
+  # look. Tasks are jittered inside their minute, so five minutes late is a real backlog.
+  default = {
+    fanout_retry_ratio         = 0.1
+    dispatch_failures_per_5m   = 0
+    task_attempt_delay_seconds = 300
+  }
+}

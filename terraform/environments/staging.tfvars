@@ -54,3 +54,7 @@ functions = {
 }
 
 tasks_log_sampling_ratio = 1.0
+
+# Monitoring notification channels (ids like projects/dispatcher-staging/notificationChannels/123),
+# created once in the console or with gcloud; empty means incidents open in the console only.
+notification_channels = []
