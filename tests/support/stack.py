@@ -95,6 +95,24 @@ class StackHandle:
         records: list[dict[str, Any]] = response.json()
         return records
 
+    def collector_control(self, **plan: Any) -> dict[str, Any]:
+        """Change how the collector stub behaves (``POST /control``, see emulators/collector)."""
+        base = self.env["COLLECTOR_URL"].rsplit("/", 1)[0]
+        response = requests.post(f"{base}/control", json=plan, timeout=10)
+        response.raise_for_status()
+        answer: dict[str, Any] = response.json()
+        return answer
+
+    def reset_collector_control(self) -> None:
+        """The stub's defaults: succeed, report each outcome once, no ``started``."""
+        self.collector_control(
+            fail_count=0,
+            report_outcomes=True,
+            result_copies=1,
+            shuffle_results=False,
+            report_started=False,
+        )
+
     def clear_collector(self) -> None:
         base = self.env["COLLECTOR_URL"].rsplit("/", 1)[0]
         requests.delete(f"{base}/requests", timeout=10).raise_for_status()
