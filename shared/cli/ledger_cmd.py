@@ -1,9 +1,10 @@
-"""``dispatcher ledger runs|dispatches``: what was dispatched, when, which task, in which state."""
+"""``dispatcher ledger runs|dispatches|outcomes``: what was dispatched, when, which task, and what
+became of it (the collectors' reported outcomes, run completion)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated
 
 import typer
@@ -43,7 +44,7 @@ def runs(
     limit: Annotated[int, typer.Option(min=1, max=10000, help="Newest slots first.")] = 20,
     as_json: AsJson = False,
 ) -> None:
-    """The subscription's runs (one per slot) with dispatch counts per state."""
+    """The subscription's runs (one per slot): dispatch counts, outcomes and completion."""
     ctx = OpsContext()
     try:
         rows = ctx.ledger().runs_for(subscription_id, limit=limit)
@@ -61,8 +62,13 @@ def runs(
         "selected",
         "dispatches",
         "created",
-        "claimed",
+        "not created",
+        "succeeded",
         "failed",
+        "skipped",
+        "lost",
+        "pending",
+        "completed",
         "latest error",
         title=f"runs of {subscription_id}",
     )
@@ -73,11 +79,30 @@ def runs(
             _when(r.selected_at),
             str(r.dispatches),
             str(r.created),
-            str(r.claimed),
-            str(r.failed),
+            str(r.claimed + r.failed),
+            str(r.succeeded),
+            str(r.failed_final),
+            str(r.skipped),
+            str(r.lost),
+            str(r.pending),
+            _completion(r.completed_at, r.run_succeeded),
             r.latest_error or "",
         )
     console.print(table)
+
+
+def _completion(completed_at: datetime | None, succeeded: bool | None) -> str:
+    if completed_at is None:
+        return "open"
+    return f"{_when(completed_at)} {'ok' if succeeded else 'NOT OK'}"
+
+
+def _execution(state: str | None, final: bool) -> str:
+    if state is None:
+        return "-"
+    if state == "failed" and not final:
+        return "failed (retrying)"
+    return state
 
 
 @app.command("dispatches")
@@ -88,7 +113,7 @@ def dispatches(
     limit: Annotated[int, typer.Option(min=1, max=10000)] = 100,
     as_json: AsJson = False,
 ) -> None:
-    """The subscription's dispatches: source, task name, queue, state, attempts, last error."""
+    """The subscription's dispatches: task, created or not, and what the collector reported."""
     when = parse_instant_option(slot, "--slot")
     ctx = OpsContext()
     try:
@@ -108,9 +133,13 @@ def dispatches(
         "source",
         "kind",
         "state",
-        "attempts",
+        "create attempts",
         "task",
         "created",
+        "outcome",
+        "attempts",
+        "finished",
+        "items",
         "last error",
         title=f"dispatches of {subscription_id}",
     )
@@ -123,6 +152,72 @@ def dispatches(
             str(r.attempts),
             r.task_name.rsplit("/", 1)[-1],
             _when(r.created_at),
-            r.last_error or "",
+            _execution(r.execution_state, r.execution_final),
+            str(r.execution_attempts),
+            _when(r.finished_at),
+            "-" if r.items is None else str(r.items),
+            r.execution_error or r.last_error or "",
         )
     console.print(table)
+
+
+@app.command("outcomes")
+@friendly_errors
+def outcomes(
+    since: Annotated[
+        str, typer.Option(help="Dispatches claimed in this window: 30m, 1h, 2d.")
+    ] = "1h",
+    as_json: AsJson = False,
+) -> None:
+    """What became of recent dispatches, per source kind: succeeded, failed, skipped, lost,
+    pending (created, no final outcome yet) and not created."""
+    window = parse_duration_option(since, "--since")
+    ctx = OpsContext()
+    try:
+        rows = ctx.ledger().outcome_summary(window)
+    finally:
+        ctx.close()
+    if as_json:
+        print_json(
+            {"since_seconds": int(window.total_seconds()), "kinds": [asdict(r) for r in rows]}
+        )
+        return
+    if not rows:
+        console.print(f"no dispatches in the last {since}")
+        return
+    table = Table(
+        "kind",
+        "dispatches",
+        "succeeded",
+        "failed",
+        "skipped",
+        "lost",
+        "pending",
+        "not created",
+        title=f"outcomes of the last {since}",
+    )
+    for r in rows:
+        table.add_row(
+            r.source_kind,
+            str(r.dispatches),
+            str(r.succeeded),
+            str(r.failed),
+            str(r.skipped),
+            str(r.lost),
+            str(r.pending),
+            str(r.not_created),
+        )
+    console.print(table)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration_option(value: str, name: str) -> timedelta:
+    """``90s``, ``30m``, ``1h``, ``2d`` as a timedelta; a usage error (exit 2) otherwise."""
+    text = value.strip().lower()
+    if len(text) >= 2 and text[-1] in _UNITS and text[:-1].isdigit() and int(text[:-1]) > 0:
+        return timedelta(seconds=int(text[:-1]) * _UNITS[text[-1]])
+    raise typer.BadParameter(
+        f"{value!r} is not a duration such as 90s, 30m, 1h or 2d", param_hint=name
+    )

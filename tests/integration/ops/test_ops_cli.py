@@ -19,6 +19,7 @@ from shared.cli.common import CliError
 from shared.config import get_settings
 from shared.ops.context import OpsContext
 from shared.ops.subscriptions import write_subscription
+from shared.outcomes import Report
 from shared.usecases.maintenance import JobContext, run_job
 from shared.usecases.sync import run_sync
 from tests.support.polling import wait_for
@@ -262,6 +263,52 @@ def test_ledger_cli(ctx: OpsContext, invoke: Callable[..., Any]) -> None:
         ("feed", "created", "projects/p/tasks/abc")
     ]
     assert invoke("ledger", "dispatches", "acme", "--slot", "yesterday").exit_code == 2
+
+
+def test_ledger_cli_shows_outcomes_and_completion(
+    ctx: OpsContext, invoke: Callable[..., Any]
+) -> None:
+    ledger = ctx.ledger()
+    slot = datetime(2026, 1, 5, 9, tzinfo=UTC)
+    run = ledger.record_run("acme-outcomes", slot, "schedule")
+    claims = [
+        ledger.claim_dispatch(run, source, kind, f"projects/p/tasks/{source}", f"collect-{kind}")
+        for source, kind in [("wire", "rss"), ("blog", "rss"), ("query", "news-api")]
+    ]
+    ledger.mark_created_many([c.dispatch_id for c in claims[:2]])
+    reported = datetime.now(UTC)
+    reports = {
+        "wire": Report("succeeded", 1, reported, items=4),
+        "blog": Report("failed", 2, reported, error="boom"),
+    }
+    for source, report in reports.items():
+        ledger.record_outcome(
+            "acme-outcomes",
+            slot,
+            source,
+            report,
+            max_attempts_for=lambda kind: 5,
+            lease=timedelta(seconds=60),
+        )
+    [run_row] = json.loads(invoke("ledger", "runs", "acme-outcomes", "--json").stdout)
+    assert (run_row["succeeded"], run_row["pending"], run_row["completed_at"]) == (1, 1, None)
+    rows = {
+        r["source_id"]: r
+        for r in json.loads(invoke("ledger", "dispatches", "acme-outcomes", "--json").stdout)
+    }
+    assert (rows["wire"]["execution_state"], rows["wire"]["items"]) == ("succeeded", 4)
+    assert (rows["blog"]["execution_state"], rows["blog"]["execution_final"]) == ("failed", False)
+    assert rows["blog"]["execution_attempts"] == 2
+    table = invoke("ledger", "dispatches", "acme-outcomes").stdout
+    assert "failed (retrying)" in table and "boom" in table
+
+    summary = json.loads(invoke("ledger", "outcomes", "--since", "2h", "--json").stdout)
+    kinds = {k["source_kind"]: k for k in summary["kinds"]}
+    assert summary["since_seconds"] == 7200
+    assert (kinds["rss"]["succeeded"], kinds["rss"]["pending"]) == (1, 1)
+    assert (kinds["news-api"]["dispatches"], kinds["news-api"]["not_created"]) == (1, 1)
+    assert "news-api" in invoke("ledger", "outcomes").stdout
+    assert invoke("ledger", "outcomes", "--since", "soon").exit_code == 2
 
 
 def test_piped_tables_keep_every_cell_whole(ctx: OpsContext, ops_env: dict[str, str]) -> None:
