@@ -91,6 +91,7 @@ def _context(ops: OpsContext, *, lag: timedelta, stuck: timedelta) -> StatusCont
         backlog=backlog,
         lag=lag,
         stuck_after=stuck,
+        outcomes=lambda window: ops.ledger().outcome_summary(window),
     )
 
 

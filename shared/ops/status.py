@@ -23,6 +23,9 @@ What is measured, and how, without consuming or delaying any message:
 * ``dispatches``: ledger rows in state ``failed``, and rows still ``claimed`` after
   ``stuck_after`` (a crash between claim and create; maintenance ``reconcile`` re-creates them).
 * ``queues``: each configured Cloud Tasks queue exists and is RUNNING.
+* ``outcomes``: what collectors reported for the dispatches of the last ``outcome_window``, per
+  source kind (``dispatcher ledger outcomes``): any final failure, or any dispatch reconcile
+  declared ``lost``, needs a person.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from shared.instants import format_instant
 if TYPE_CHECKING:
     from shared.config import Settings
     from shared.dal.records import StoredSubscription
+    from shared.ledger.repository import OutcomeSummary
     from shared.ops.deadletters import DeadLetterMessage
     from shared.topology import TopicSpec, Topology
 
@@ -44,6 +48,7 @@ State = Literal["ok", "attention", "unknown"]
 
 DEFAULT_LAG = timedelta(minutes=5)
 DEFAULT_STUCK_AFTER = timedelta(minutes=15)
+DEFAULT_OUTCOME_WINDOW = timedelta(hours=1)
 #: Dead letters counted per topic; beyond it the count is shown as "N+".
 DEAD_LETTER_LIMIT = 500
 EXAMPLES = 5
@@ -150,6 +155,9 @@ class StatusContext:
     backlog: Callable[[str], Backlog]
     lag: timedelta = DEFAULT_LAG
     stuck_after: timedelta = DEFAULT_STUCK_AFTER
+    # Outcomes of dispatches claimed in a window (the ledger's outcome_summary); None: not read.
+    outcomes: Callable[[timedelta], Sequence[OutcomeSummary]] | None = None
+    outcome_window: timedelta = DEFAULT_OUTCOME_WINDOW
 
 
 Check = Callable[[StatusContext], CheckResult]
@@ -315,12 +323,45 @@ def check_queues(ctx: StatusContext) -> CheckResult:
     )
 
 
+def check_outcomes(ctx: StatusContext) -> CheckResult:
+    """Final failures and lost dispatches among the last window's, per source kind."""
+    window = f"{int(ctx.outcome_window.total_seconds() // 60)} min"
+    if ctx.outcomes is None:
+        return CheckResult("outcomes", "unknown", "the ledger's outcomes are not read here")
+    kinds = list(ctx.outcomes(ctx.outcome_window))
+    problems = [
+        f"{k.source_kind}: {k.failed} failed, {k.lost} lost of {k.dispatches} in the last "
+        f"{window} (dispatcher ledger outcomes --since {window.replace(' min', 'm')})"
+        for k in kinds
+        if k.failed or k.lost
+    ]
+    total = sum(k.dispatches for k in kinds)
+    succeeded = sum(k.succeeded for k in kinds)
+    pending = sum(k.pending for k in kinds)
+    summary = (
+        f"{succeeded} of {total} succeeded, {pending} pending in the last {window}"
+        if total
+        else f"no dispatch in the last {window}"
+    )
+    return CheckResult(
+        "outcomes",
+        "attention" if problems else "ok",
+        summary,
+        problems,
+        {
+            "window_minutes": int(ctx.outcome_window.total_seconds() // 60),
+            "kinds": [asdict(k) for k in kinds],
+        },
+    )
+
+
 DEFAULT_CHECKS: tuple[Check, ...] = (
     check_select,
     check_backlog,
     check_dead_letters,
     check_dispatches,
     check_queues,
+    check_outcomes,
 )
 
 _CHECK_NAMES: dict[Check, str] = {
@@ -329,6 +370,7 @@ _CHECK_NAMES: dict[Check, str] = {
     check_dead_letters: "dead-letters",
     check_dispatches: "dispatches",
     check_queues: "queues",
+    check_outcomes: "outcomes",
 }
 
 

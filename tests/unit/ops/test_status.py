@@ -13,8 +13,10 @@ from typer.testing import CliRunner
 from shared.cli.app import app
 from shared.cli.common import CliError
 from shared.config import Settings, load_settings
+from shared.ledger.repository import OutcomeSummary
 from shared.ops.deadletters import DeadLetterMessage
 from shared.ops.status import (
+    DEFAULT_CHECKS,
     Backlog,
     CheckResult,
     DispatchHealth,
@@ -22,6 +24,7 @@ from shared.ops.status import (
     check_backlog,
     check_dead_letters,
     check_dispatches,
+    check_outcomes,
     check_queues,
     check_select,
     run_status,
@@ -72,6 +75,7 @@ def context(
     health: DispatchHealth | None = None,
     states: Mapping[str, str | None] | None = None,
     backlog: Any = emulator_backlog,
+    outcomes: list[OutcomeSummary] | None = None,
 ) -> StatusContext:
     all_running = {settings.queue_path(k): "RUNNING" for k in settings.queues}
     return StatusContext(
@@ -83,6 +87,7 @@ def context(
         dispatch_health=lambda _after: health or DispatchHealth(0, 0, [], NOW),
         queue_states=lambda: dict(all_running if states is None else states),
         backlog=backlog,
+        outcomes=lambda _window: outcomes or [],
     )
 
 
@@ -105,6 +110,7 @@ def test_a_healthy_system_needs_no_attention(
         "dead-letters": "ok",
         "dispatches": "ok",
         "queues": "ok",
+        "outcomes": "ok",
     }
 
 
@@ -189,7 +195,7 @@ def test_a_check_that_cannot_read_its_dependency_needs_attention_and_the_rest_st
     report = run_status(ctx)
     assert report.needs_attention
     assert report.problems == ["dispatches: could not check: ConnectionError: ledger unreachable"]
-    assert len(report.checks) == 5
+    assert len(report.checks) == len(DEFAULT_CHECKS)
     extra = run_status(ctx, [lambda _ctx: CheckResult("results", "ok", "later")])
     assert [c.name for c in extra.checks] == ["results"]
 
@@ -214,3 +220,23 @@ def test_tick_refuses_a_time_beyond_the_skew_unless_asked() -> None:
     assert isinstance(result.exception, CliError), result.output
     assert "max_tick_skew_seconds=300" in str(result.exception)
     assert "--allow-future" in str(result.exception)
+
+
+def test_final_failures_and_lost_dispatches_need_attention_per_kind(
+    settings: Settings, store: FakeSubscriptionStore
+) -> None:
+    healthy = OutcomeSummary("rss", 10, 9, 0, 1, 0, 0, 0)
+    result = check_outcomes(context(settings, store, outcomes=[healthy]))
+    assert (result.state, result.summary) == (
+        "ok",
+        "9 of 10 succeeded, 0 pending in the last 60 min",
+    )
+    broken = OutcomeSummary("news-api", 5, 2, 1, 0, 2, 0, 0)
+    result = check_outcomes(context(settings, store, outcomes=[healthy, broken]))
+    assert result.state == "attention"
+    assert result.problems == [
+        "news-api: 1 failed, 2 lost of 5 in the last 60 min "
+        "(dispatcher ledger outcomes --since 60m)"
+    ]
+    unread = StatusContext(**{**vars(context(settings, store)), "outcomes": None})
+    assert check_outcomes(unread).state == "unknown"
