@@ -81,6 +81,68 @@ resource "google_logging_metric" "dispatch_failures" {
   }
 }
 
+# Task outcomes the results function recorded (one line per result message, shared.usecases
+# .results), by outcome and source kind: the dashboard's collection picture.
+resource "google_logging_metric" "task_outcomes" {
+  name        = "dispatcher/task_outcomes"
+  description = "Task outcomes reported by collectors and recorded by the results function."
+  filter      = "resource.type=\"cloud_run_revision\" AND resource.labels.service_name=~\"^dispatcher-\" AND jsonPayload.logger=\"shared.usecases.results\""
+
+  metric_descriptor {
+    metric_kind = "DELTA"
+    value_type  = "INT64"
+    unit        = "1"
+
+    labels {
+      key         = "outcome"
+      value_type  = "STRING"
+      description = "started, succeeded, failed or skipped"
+    }
+
+    labels {
+      key         = "source_kind"
+      value_type  = "STRING"
+      description = "the source kind (one Cloud Tasks queue per kind)"
+    }
+
+    labels {
+      key         = "decision"
+      value_type  = "STRING"
+      description = "final-failure (the dispatch ended failed) or recorded"
+    }
+  }
+
+  label_extractors = {
+    outcome     = "EXTRACT(jsonPayload.outcome)"
+    source_kind = "EXTRACT(jsonPayload.source_kind)"
+    decision    = "EXTRACT(jsonPayload.decision)"
+  }
+}
+
+# Dispatches reconcile declared lost: created longer ago than the queue's retry span with no
+# final outcome (shared.ops.settle_outcomes, one WARNING line each).
+resource "google_logging_metric" "lost_dispatches" {
+  name        = "dispatcher/lost_dispatches"
+  description = "Created tasks that never reported an outcome, declared lost by reconcile."
+  filter      = "resource.type=\"cloud_run_revision\" AND resource.labels.service_name=~\"^dispatcher-\" AND jsonPayload.logger=\"shared.ops.settle_outcomes\" AND jsonPayload.decision=\"lost\""
+
+  metric_descriptor {
+    metric_kind = "DELTA"
+    value_type  = "INT64"
+    unit        = "1"
+
+    labels {
+      key         = "source_kind"
+      value_type  = "STRING"
+      description = "the source kind (one Cloud Tasks queue per kind)"
+    }
+  }
+
+  label_extractors = {
+    source_kind = "EXTRACT(jsonPayload.source_kind)"
+  }
+}
+
 # --- alert policies ------------------------------------------------------------------------------
 # Every policy notifies var.notification_channels (ids of channels created once per project, by
 # hand or elsewhere); with none, incidents still open in the console.
@@ -264,4 +326,64 @@ resource "google_monitoring_dashboard" "dispatcher" {
     google_logging_metric.select_ticks,
     google_logging_metric.dispatch_failures,
   ]
+}
+
+# A collection that ended failed: the ledger row says why (`dispatcher ledger dispatches`).
+resource "google_monitoring_alert_policy" "failed_outcomes" {
+  display_name          = "dispatcher: collections that ended failed"
+  combiner              = "OR"
+  severity              = "ERROR"
+  notification_channels = var.notification_channels
+
+  conditions {
+    display_name = "final task failures in the last 5 minutes"
+
+    condition_threshold {
+      filter          = "resource.type=\"cloud_run_revision\" AND metric.type=\"logging.googleapis.com/user/${google_logging_metric.task_outcomes.name}\" AND metric.label.decision=\"final-failure\""
+      comparison      = "COMPARISON_GT"
+      threshold_value = 0
+      duration        = "0s"
+
+      aggregations {
+        alignment_period     = "300s"
+        per_series_aligner   = "ALIGN_SUM"
+        cross_series_reducer = "REDUCE_SUM"
+      }
+    }
+  }
+
+  documentation {
+    mime_type = "text/markdown"
+    content   = "A collector gave up on a task. `dispatcher ledger outcomes --since 1h` shows which source kinds; `dispatcher ledger dispatches SUBSCRIPTION` shows the last error. Replay the run with `dispatcher run SUBSCRIPTION --slot SLOT` once the collector is fixed."
+  }
+}
+
+# A task that never reported: the collector crashed, lost the result, or Cloud Tasks dropped it.
+resource "google_monitoring_alert_policy" "lost_outcomes" {
+  display_name          = "dispatcher: tasks that never reported an outcome"
+  combiner              = "OR"
+  severity              = "WARNING"
+  notification_channels = var.notification_channels
+
+  conditions {
+    display_name = "dispatches declared lost by reconcile"
+
+    condition_threshold {
+      filter          = "resource.type=\"cloud_run_revision\" AND metric.type=\"logging.googleapis.com/user/${google_logging_metric.lost_dispatches.name}\""
+      comparison      = "COMPARISON_GT"
+      threshold_value = 0
+      duration        = "0s"
+
+      aggregations {
+        alignment_period     = "600s"
+        per_series_aligner   = "ALIGN_SUM"
+        cross_series_reducer = "REDUCE_SUM"
+      }
+    }
+  }
+
+  documentation {
+    mime_type = "text/markdown"
+    content   = "Tasks were created long ago (longer than their queue's retry span) and no outcome arrived. Reconcile's WARNING lines (`jsonPayload.decision=\"lost\"`) name each; check the collector's logs for that task name. A late real outcome still replaces `lost`."
+  }
 }

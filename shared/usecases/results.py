@@ -169,6 +169,11 @@ def record_result(
             "execution_attempts": recorded.attempts,
             "run_id": recorded.run_id,
             "run_completed": recorded.completion is not None,
+            # What monitoring counts: a dispatch that ended failed (no attempt left, or the
+            # collector said the failure is permanent) is "final-failure".
+            "decision": (
+                "final-failure" if recorded.state == "failed" and recorded.final else "recorded"
+            ),
             **({"run_completed_message_id": published} if published else {}),
         },
     )

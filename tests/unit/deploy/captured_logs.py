@@ -14,19 +14,23 @@ import contextlib
 import io
 import json
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
 from shared import topology
 from shared.config import load_settings
+from shared.dal.records import OutboundMessage
 from shared.dispatch_key import DispatchKey, task_name
 from shared.errors import RetryableError
 from shared.handler import Route, process_message
+from shared.ledger.repository import LostDispatch, OutcomeRecorded, RunCompletion
 from shared.logs import CloudLoggingFormatter
 from shared.ops.reconcile import reconcile
+from shared.ops.settle_outcomes import settle_outcomes
 from shared.usecases.fanout import FanoutDependencies, fanout
+from shared.usecases.results import ResultsDependencies, record_result
 from shared.usecases.select_due import SelectDependencies, select_due
 from tests.support.core import subscription_doc, utc
 from tests.unit.core.fakes import (
@@ -187,7 +191,71 @@ def capture() -> list[LogEntry]:
             older_than=timedelta(minutes=60),
         ),
     )
+
+    # results: a collector's last attempt failed (a final failure), then reconcile finds a task
+    # created long ago that never reported (lost) and completes its run.
+    results_ledger = _OutcomeLedger()
+    results_deps = ResultsDependencies(
+        settings=settings, ledger=results_ledger, completions=_Completions(), clock=lambda: NOW
+    )
+    failed = {
+        "dispatch_key": {
+            "subscription_id": "acme",
+            "slot": "2026-01-05T09:00:00Z",
+            "source_id": "a",
+        },
+        "outcome": "failed",
+        "attempt": 5,
+        "error": "HTTP 503",
+    }
+    run(
+        "results",
+        lambda: process_message(
+            _push(failed, "result-1"),
+            route=_route("dispatcher-results"),
+            use_case=lambda p, m: record_result(p, m, deps=results_deps),
+            dead_letters=dead_letters,
+        ),
+    )
+    run(
+        "maintenance",
+        lambda: settle_outcomes(
+            results_ledger,
+            _Completions(),
+            lost_after=timedelta(hours=2),
+            lease=timedelta(seconds=60),
+        ),
+    )
     return entries
+
+
+class _Completions:
+    def publish(self, messages: Sequence[OutboundMessage]) -> list[str]:
+        return [f"event-{i}" for i, _ in enumerate(messages)]
+
+
+class _OutcomeLedger:
+    """What the results path and settling read and write, for one failed and one lost task."""
+
+    def record_outcome(self, *args: Any, **kwargs: Any) -> OutcomeRecorded:
+        return OutcomeRecorded(1, 7, "rss", "failed", True, 5, None, False)
+
+    def mark_lost(
+        self, older_than: timedelta, limit: int, *, dry_run: bool = False
+    ) -> list[LostDispatch]:
+        return [LostDispatch(2, 8, "acme", NOW - timedelta(hours=3), "b", "rss", "t-b", NOW)]
+
+    def complete_runs(self, run_ids: Sequence[int], *, lease: timedelta) -> list[RunCompletion]:
+        return []
+
+    def unpublished_completions(self, older_than: timedelta, limit: int) -> list[int]:
+        return []
+
+    def mark_completion_published(self, run_id: int, message_id: str) -> bool:
+        return True
+
+    def release_completion_claim(self, run_id: int) -> None:
+        return None
 
 
 def _any_new_task_name(deps: FanoutDependencies, payload: Mapping[str, Any]) -> str:

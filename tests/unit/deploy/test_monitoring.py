@@ -28,7 +28,15 @@ BUILTIN = {
 }
 USER_METRIC = "logging.googleapis.com/user/"
 # One alert per signal of the issue; the results-path ones come with the results function.
-EXPECTED_ALERTS = {"dead_letters", "no_tick", "fanout_retries", "dispatch_failures", "queue_delay"}
+EXPECTED_ALERTS = {
+    "dead_letters",
+    "no_tick",
+    "fanout_retries",
+    "dispatch_failures",
+    "queue_delay",
+    "failed_outcomes",
+    "lost_outcomes",
+}
 
 
 # --- a small reader of the filter language: conjunctions of comparisons, nothing else ----------
