@@ -5,8 +5,10 @@ tick arrives every minute as in production), imports the sample subscriptions of
 ``examples/subscriptions.yaml`` with the operator's CLI, publishes one tick at once so the first
 dispatch shows within seconds, then follows the functions' logs and the collector: ticks
 reaching ``select``, due messages reaching ``fanout``, tasks arriving at the collector with a
-verified OIDC token. After ``--minutes`` (default 3) it prints a summary and stops the stack
-(``--keep`` leaves it running for ``dispatcher`` and ``gcloud`` commands).
+verified OIDC token, their outcomes reaching ``results`` and each run completing. After
+``--minutes`` (default 3) it prints a summary and the ledger (runs, dispatches with outcomes,
+outcomes per source kind), then stops the stack (``--keep`` leaves it running for
+``dispatcher`` and ``gcloud`` commands).
 """
 
 from __future__ import annotations
@@ -26,8 +28,21 @@ from emulators.process import StackError
 from emulators.stack import LocalStack, StackOptions, default_state_dir, stack_status
 from shared.paths import project_root
 
-FOLLOWED_LOGS = ("fn-select", "fn-fanout", "fn-maintenance", "fn-sync", "scheduler")
-COLOURS = {"scheduler": "35", "fn-select": "36", "fn-fanout": "33", "collector": "32"}
+FOLLOWED_LOGS = (
+    "fn-select",
+    "fn-fanout",
+    "fn-results",
+    "fn-maintenance",
+    "fn-sync",
+    "scheduler",
+)
+COLOURS = {
+    "scheduler": "35",
+    "fn-select": "36",
+    "fn-fanout": "33",
+    "collector": "32",
+    "fn-results": "34",
+}
 
 
 class LogFollower:
@@ -70,7 +85,16 @@ def describe(component: str, entry: Mapping[str, Any]) -> str | None:
         return None
     details = [
         f"{key}={entry[key]}"
-        for key in ("subscription_id", "slot", "reason", "outcome", "due", "published", "tasks")
+        for key in (
+            "subscription_id",
+            "slot",
+            "reason",
+            "outcome",
+            "execution_state",
+            "due",
+            "published",
+            "tasks",
+        )
         if key in entry
     ]
     return f"{severity:<7} {message}" + (f"  ({', '.join(details)})" if details else "")
@@ -81,10 +105,12 @@ def describe_task(record: Mapping[str, Any]) -> str:
     key = body.get("dispatch_key", {}) if isinstance(body, dict) else {}
     auth = record.get("auth", {})
     token = "OIDC verified" if auth.get("verified") else f"OIDC refused: {auth.get('reason')}"
+    outcome = record.get("outcome")
     return (
         f"task {record['headers'].get('x-cloudtasks-taskname', '?')[:40]}… "
         f"for {key.get('subscription_id')}/{key.get('source_id')} slot {key.get('slot')} "
         f"via queue {record['headers'].get('x-cloudtasks-queuename')} ({token})"
+        + (f" -> outcome {outcome} reported" if outcome else "")
     )
 
 
@@ -163,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         for subscription_id, count in sorted(received.items()):
             print(f"  {subscription_id:<20} {count}")
         cli(env, "ledger", "runs", "acme-news")
+        cli(env, "ledger", "dispatches", "acme-news", "--limit", "6")
+        cli(env, "ledger", "outcomes", "--since", "1h")
     finally:
         if args.keep:
             print(f"\nStack left running: `source {stack.env_path}`; stop: dispatcher stack down")
