@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, Protocol
 
-from shared.contracts import Contract, get_contract, schemas_dir
+from shared.contracts import Contract, get_contract
 from shared.dal.records import OutboundMessage
 from shared.errors import DependencyUnavailableError, RetryableError, shorten
 from shared.instants import format_instant
@@ -64,12 +64,7 @@ class OutcomeReport:
 @functools.cache
 def result_contract() -> Contract:
     """The compiled ``result.v1.json`` contract (cached)."""
-    try:
-        return get_contract(RESULT_SCHEMA)
-    except KeyError:
-        # Until shared.contracts lists the new contract among CONTRACTS, load the file itself.
-        with (schemas_dir() / RESULT_SCHEMA).open(encoding="utf-8") as handle:
-            return Contract(RESULT_SCHEMA, json.load(handle))
+    return get_contract(RESULT_SCHEMA)
 
 
 def build_result(report: OutcomeReport) -> OutboundMessage:
