@@ -165,13 +165,19 @@ def parse_topology(raw: Any) -> Topology:
     return Topology(topics, scheduler, retention, local_retry, events)
 
 
-def _event(name: str, raw: Any) -> EventSpec:
-    key = f"events.{name}"
+def _named_with_schema(name: str, raw: Any, key: str) -> tuple[Mapping[str, Any], str]:
+    """The entry's mapping and its schema file name, both checked."""
     _resource_name(name, key)
     spec = _mapping(raw, key)
     schema = _str(spec.get("schema"), f"{key}.schema")
     if not (project_root() / "schemas" / schema).is_file():
         raise TopologyError(f"{key}.schema", f"schemas/{schema} does not exist")
+    return spec, schema
+
+
+def _event(name: str, raw: Any) -> EventSpec:
+    key = f"events.{name}"
+    spec, schema = _named_with_schema(name, raw, key)
     publisher = _str(spec.get("publisher"), f"{key}.publisher")
     if publisher not in FUNCTION_NAMES:
         raise TopologyError(f"{key}.publisher", f"{publisher!r} is not one of {FUNCTION_NAMES}")
@@ -189,11 +195,7 @@ def _event(name: str, raw: Any) -> EventSpec:
 
 def _topic(name: str, raw: Any) -> TopicSpec:
     key = f"topics.{name}"
-    _resource_name(name, key)
-    spec = _mapping(raw, key)
-    schema = _str(spec.get("schema"), f"{key}.schema")
-    if not (project_root() / "schemas" / schema).is_file():
-        raise TopologyError(f"{key}.schema", f"schemas/{schema} does not exist")
+    spec, schema = _named_with_schema(name, raw, key)
     push_raw = _mapping(spec.get("push"), f"{key}.push")
     function = _str(push_raw.get("function"), f"{key}.push.function")
     if function not in FUNCTION_NAMES:

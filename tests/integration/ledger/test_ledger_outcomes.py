@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from shared.ledger.repository import Ledger, OutcomeRecorded, SourceSpec
 from shared.outcomes import ExecutionRow, Report, apply_report
+from tests.support.outcomes import reports
 
 pytestmark = pytest.mark.integration
 
@@ -211,16 +212,6 @@ def test_prune_removes_runs_with_their_outcomes(ledger: Ledger, database_url: st
     assert (counts.runs, counts.dispatches) == (1, 1)
 
 
-reports = st.builds(
-    Report,
-    outcome=st.sampled_from(["started", "succeeded", "failed", "skipped"]),
-    attempt=st.integers(1, 6),
-    reported_at=st.integers(0, 600).map(lambda s: T0 + timedelta(seconds=s)),
-    final=st.booleans(),
-    duration_ms=st.none() | st.integers(0, 5000),
-    items=st.none() | st.integers(0, 50),
-    error=st.none() | st.sampled_from(["503", "timeout"]),
-)
 _case = iter(range(10**9))
 
 

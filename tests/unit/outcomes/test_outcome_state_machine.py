@@ -18,6 +18,7 @@ from shared.outcomes import (
     precedence_key,
     transition,
 )
+from tests.support.outcomes import reports
 
 T0 = datetime(2026, 1, 5, 9, 0, 10, tzinfo=UTC)
 MAX_ATTEMPTS = 5
@@ -99,18 +100,6 @@ def test_duplicates_are_no_ops() -> None:
 def test_transition_of_a_success_carries_no_error_key() -> None:
     assert transition(report("succeeded"), max_attempts=5).error_key is None
     assert transition(report("failed"), max_attempts=5).error_key is not None
-
-
-reports = st.builds(
-    Report,
-    outcome=st.sampled_from(["started", "succeeded", "failed", "skipped"]),
-    attempt=st.integers(1, 6),
-    reported_at=st.integers(0, 600).map(lambda s: T0 + timedelta(seconds=s)),
-    final=st.booleans(),
-    duration_ms=st.none() | st.integers(0, 5000),
-    items=st.none() | st.integers(0, 50),
-    error=st.none() | st.sampled_from(["503", "timeout", "refused"]),
-)
 
 
 @settings(max_examples=300, deadline=None)
