@@ -52,7 +52,7 @@ def test_cloud_tasks_down_for_30s_dispatches_every_key_exactly_once(faults: Faul
     faults.speed_up_queues()
     outage = time.monotonic() - stopped
 
-    counts = faults.wait_collected(PREFIX, len(expected), timeout=120)
+    counts = faults.wait_collected(PREFIX, len(expected), timeout=240)
     keys = faults.wait_ledger_created(PREFIX, len(expected), timeout=30)
     elapsed = time.monotonic() - began
     duplicates = {k: n for k, n in counts.items() if n > 1}

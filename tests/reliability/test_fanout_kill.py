@@ -95,7 +95,7 @@ def test_fanout_killed_mid_run_dispatches_every_key_exactly_once(faults: FaultSt
             for sid in docs
         ],
     )
-    counts = faults.wait_collected(PREFIX, len(expected), timeout=90)
+    counts = faults.wait_collected(PREFIX, len(expected), timeout=240)
     keys = faults.wait_ledger_created(PREFIX, len(expected), timeout=30)
     elapsed = time.monotonic() - began
     unfinished_at_kill = Counter(state for _, state in rows_at_kill if state != "created")

@@ -62,7 +62,7 @@ def test_overlapping_ticks_and_duplicate_deliveries_dispatch_each_key_once(
     faults.publish("dispatcher-due", due)
 
     expected = {(sid, rfc3339(SLOT), "feed") for sid in docs}
-    counts = faults.wait_collected(PREFIX, len(expected), timeout=90)
+    counts = faults.wait_collected(PREFIX, len(expected), timeout=240)
     keys = faults.wait_ledger_created(PREFIX, len(expected), timeout=30)
     elapsed = time.monotonic() - began
     with psycopg.connect(faults.env["DATABASE_URL"]) as conn:

@@ -87,9 +87,9 @@ def test_every_good_message_is_dispatched_and_every_poison_one_dead_lettered(
         letters.extend(faults.pull_dead_letters())
         return len({m.attributes.get("poison") for m in letters} - {None}) >= POISON
 
-    wait_for(all_poison_dead_lettered, timeout=90, interval=0.5, message=f"{POISON} dead letters")
+    wait_for(all_poison_dead_lettered, timeout=240, interval=0.5, message=f"{POISON} dead letters")
     expected = {(sid, rfc3339(SLOT), "feed") for sid in docs}
-    counts = faults.wait_collected(PREFIX, len(expected), timeout=60)
+    counts = faults.wait_collected(PREFIX, len(expected), timeout=240)
     keys = faults.wait_ledger_created(PREFIX, len(expected), timeout=30)
     letters.extend(faults.pull_dead_letters())
     elapsed = time.monotonic() - began

@@ -57,7 +57,7 @@ def test_ledger_restarted_mid_run_dispatches_every_key_exactly_once(faults: Faul
     )
     faults.restart("postgres")
     outage = time.monotonic() - stopped
-    counts = faults.wait_collected(PREFIX, len(expected), timeout=120)
+    counts = faults.wait_collected(PREFIX, len(expected), timeout=240)
     keys = faults.wait_ledger_created(PREFIX, len(expected), timeout=30)
     elapsed = time.monotonic() - began
     failures = failing()

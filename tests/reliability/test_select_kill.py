@@ -52,7 +52,7 @@ def test_select_killed_mid_tick_dispatches_every_key_exactly_once(faults: FaultS
     republished = after_emulator < len(expected)
     if republished:
         faults.publish("dispatcher-ticks", tick)
-    counts = faults.wait_collected(PREFIX, len(expected), timeout=90)
+    counts = faults.wait_collected(PREFIX, len(expected), timeout=240)
     keys = faults.wait_ledger_created(PREFIX, len(expected), timeout=30)
     elapsed = time.monotonic() - began
     advanced = sum(
