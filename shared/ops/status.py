@@ -295,10 +295,11 @@ def check_queues(ctx: StatusContext) -> CheckResult:
     problems: list[str] = []
     shown: list[str] = []
     by_kind: dict[str, dict[str, str | None]] = {}
-    for kind, queue in sorted(ctx.settings.queues.items()):
-        shards = len(ctx.settings.queue_paths(kind))
+    for kind in sorted(ctx.settings.queues):
+        paths = ctx.settings.queue_paths(kind)
+        shards = len(paths)
         by_kind[kind] = {}
-        for path in ctx.settings.queue_paths(kind):
+        for path in paths:
             name = path.rsplit("/", 1)[-1]
             state = states.get(path)
             by_kind[kind][name] = state
