@@ -20,7 +20,7 @@ class FakeAdmin:
     def create_queue(self, request: dict[str, Any]) -> None:
         queue = request["queue"]
         if queue["name"] in self.existing:
-            raise gexc.AlreadyExists("exists")
+            raise gexc.AlreadyExists("exists")  # type: ignore[no-untyped-call]
         self.created[queue["name"]] = queue
 
     def update_queue(self, request: dict[str, Any]) -> None:
