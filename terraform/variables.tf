@@ -42,11 +42,24 @@ variable "queues" {
     min_backoff_seconds       = number
     max_backoff_seconds       = number
     max_doublings             = number
+    # Queues carrying the kind; its rate and concurrency are split evenly over them (tasks.tf).
+    shards = optional(number, 1)
   }))
 
   validation {
     condition     = length(var.queues) > 0
     error_message = "queues must declare at least one source kind."
+  }
+
+  validation {
+    condition     = alltrue([for q in var.queues : q.shards >= 1 && q.shards <= 64 && floor(q.shards) == q.shards])
+    error_message = "queues[*].shards must be a whole number in 1..64."
+  }
+
+  # Cloud Tasks refuses a queue rate above 500/s: a faster kind needs more shards.
+  validation {
+    condition     = alltrue([for q in var.queues : q.max_dispatches_per_second / q.shards <= 500])
+    error_message = "queues[*].max_dispatches_per_second / shards must not exceed 500 (Cloud Tasks' per-queue maximum): raise shards."
   }
 }
 
