@@ -144,6 +144,10 @@ class Settings:
     # How far ahead of the clock a tick's explicit ``time`` may be before select refuses it
     # (a typo'd year would otherwise move every due next_run_at that far ahead).
     max_tick_skew_seconds: float = 300.0
+    # Connections one process's ledger pool may open ([ledger] pool_max_size): one per
+    # concurrent request. Terraform sizes max instances so that the sum over the ledger
+    # functions of max_instances x this stays inside the database's connection budget.
+    ledger_pool_max_size: int = 8
 
     def max_attempts_for(self, kind: str) -> int:
         """The queue's max attempts for a source kind (``-1``: unlimited; unknown kind: -1, so
@@ -247,6 +251,9 @@ def _build(environment: str, raw: Mapping[str, Any], environ: Mapping[str, str])
     skew = float(environ.get(Env.MAX_TICK_SKEW) or core.get("max_tick_skew_seconds", 300.0))
     if skew < 0:
         raise ConfigError(f"dispatcher.max_tick_skew_seconds: {skew} is negative")
+    pool_max_size = int(raw.get("ledger", {}).get("pool_max_size", 8))
+    if not 1 <= pool_max_size <= 100:
+        raise ConfigError(f"ledger.pool_max_size: {pool_max_size} is outside 1..100")
     verify_env = environ.get(Env.PUSH_AUTH_VERIFY)
     outcomes = raw.get("outcomes", {})
     lost_after = float(outcomes.get("lost_after_minutes", 120)) * 60
@@ -294,6 +301,7 @@ def _build(environment: str, raw: Mapping[str, Any], environ: Mapping[str, str])
         lost_after_seconds=lost_after,
         completion_lease_seconds=float(outcomes.get("completion_lease_seconds", 60)),
         max_tick_skew_seconds=skew,
+        ledger_pool_max_size=pool_max_size,
     )
 
 
