@@ -100,6 +100,24 @@ variable "functions" {
   }
 }
 
+variable "ledger_pool_max_size" {
+  description = "Connections one instance's ledger pool may open ([ledger] pool_max_size in app.<env>.toml, which a test keeps equal): one per concurrent request."
+  type        = number
+  default     = 8
+}
+
+variable "database_max_connections" {
+  description = "The ledger database's max_connections (the Cloud SQL flag; every tfvars sets it): the functions' pools must fit inside it."
+  type        = number
+  default     = 100
+}
+
+variable "database_reserved_connections" {
+  description = "Connections kept out of the functions' budget: superuser slots, migrations, operators' psql, monitoring."
+  type        = number
+  default     = 20
+}
+
 variable "ingress_settings" {
   description = "Function ingress. Pub/Sub push from the same project counts as internal traffic for Cloud Run."
   type        = string

@@ -378,3 +378,43 @@ def test_the_due_query_uses_the_indexed_fields_in_index_order() -> None:
     ranges = [field for field, op in filters if op != "=="]
     assert equalities + ranges == DUE_QUERY_FIELDS
     assert ranges == order_by == DUE_QUERY_FIELDS[-1:]
+
+
+# --- the ledger's connection budget ----------------------------------------------------------
+
+
+def test_ledger_functions_fit_the_database_connection_budget(environment: str) -> None:
+    """Σ over the functions that use the ledger of max_instances x pool_max_size must fit in
+    database_max_connections - database_reserved_connections: every instance may hold a full
+    pool at the peak of a burst, and PostgreSQL refuses the connection past its limit."""
+    values = tfvars(environment)
+    declared = variables()
+    settings = app_settings(environment)
+    assert values["ledger_pool_max_size"] == settings.ledger_pool_max_size, (
+        f"{environment}.tfvars ledger_pool_max_size != [ledger] pool_max_size"
+    )
+    functions = values.get("functions", declared["functions"]["default"])
+    database = Terraform({"topics": {}, "scheduler": {}}, values).set_local("database_functions")
+    reserved = values.get(
+        "database_reserved_connections", declared["database_reserved_connections"]["default"]
+    )
+    budget = values["database_max_connections"] - reserved
+    used = (
+        sum(functions[name]["max_instances"] for name in database) * settings.ledger_pool_max_size
+    )
+    assert used <= budget, f"{environment}: {used} connections > budget {budget}"
+    for name in database:
+        # A request holds one connection at a time: a smaller pool would make requests wait.
+        assert functions[name]["concurrency"] <= settings.ledger_pool_max_size, name
+
+
+def test_terraform_checks_the_connection_budget_and_threads_follow_concurrency() -> None:
+    function = resource("google_cloudfunctions2_function.function")
+    precondition = function.body["lifecycle"][0]["precondition"][0]
+    assert squash(precondition["condition"]) == squash(
+        "${sum([for name in local.database_functions : var.functions[name].max_instances])"
+        " * var.ledger_pool_max_size"
+        " <= var.database_max_connections - var.database_reserved_connections}"
+    )
+    env = function.block("service_config")["environment_variables"]
+    assert env["THREADS"] == "${tostring(var.functions[each.key].concurrency)}"
