@@ -47,6 +47,9 @@ class ConfigError(ValueError):
 #: Cloud Tasks' ceiling on one queue's ``max_dispatches_per_second`` ("The maximum allowed value
 #: is 500", RateLimits reference; quotas page: 500 dispatches per second per queue).
 MAX_QUEUE_DISPATCHES_PER_SECOND = 500.0
+#: Cloud Tasks' ceiling on one queue's ``max_concurrent_dispatches`` ("The maximum allowed value
+#: is 5,000", RateLimits reference).
+MAX_QUEUE_CONCURRENT_DISPATCHES = 5000
 #: A sane bound on shards per kind (a project holds at most 1,000 queues per region).
 MAX_QUEUE_SHARDS = 64
 
@@ -306,7 +309,8 @@ def _build(environment: str, raw: Mapping[str, Any], environ: Mapping[str, str])
 
 
 def _check_shards(queue: QueueConfig) -> None:
-    """A kind's shards are 1..64 and no shard queue may be asked for more than 500/s."""
+    """A kind's shards are 1..64; no shard queue may be asked for more than 500/s or more than
+    5,000 concurrent dispatches (Cloud Tasks refuses both)."""
     where = f"queues.{queue.kind}"
     if not 1 <= queue.shards <= MAX_QUEUE_SHARDS:
         raise ConfigError(f"{where}.shards: {queue.shards} is outside 1..{MAX_QUEUE_SHARDS}")
@@ -316,6 +320,13 @@ def _check_shards(queue: QueueConfig) -> None:
             f"{where}.max_dispatches_per_second: {queue.max_dispatches_per_second:g}/s over "
             f"{queue.shards} shard(s) is {queue.shard_rate():g}/s per queue, above Cloud Tasks' "
             f"{MAX_QUEUE_DISPATCHES_PER_SECOND:g}/s per queue: set shards = {needed} or more"
+        )
+    if queue.shard_concurrency() > MAX_QUEUE_CONCURRENT_DISPATCHES:
+        needed = math.ceil(queue.max_concurrent_dispatches / MAX_QUEUE_CONCURRENT_DISPATCHES)
+        raise ConfigError(
+            f"{where}.max_concurrent_dispatches: {queue.max_concurrent_dispatches} over "
+            f"{queue.shards} shard(s) is above Cloud Tasks' {MAX_QUEUE_CONCURRENT_DISPATCHES} per "
+            f"queue: set shards = {needed} or more"
         )
 
 

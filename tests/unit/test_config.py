@@ -144,6 +144,9 @@ def test_a_key_always_lands_on_the_same_shard_queue(tmp_path: Path) -> None:
 def test_a_shard_above_500_per_second_names_the_shards_needed(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"queues.firehose.*600/s per queue.*shards = 3"):
         load_settings(environ={}, config_dir=_with_queue(tmp_path, _BIG + "shards = 2\n"))
+    crowded = _BIG.replace("3000", "18000") + "shards = 3\n"
+    with pytest.raises(ConfigError, match=r"max_concurrent_dispatches: 18000.*shards = 4"):
+        load_settings(environ={}, config_dir=_with_queue(tmp_path, crowded))
     with pytest.raises(ConfigError, match=r"queues.firehose.shards: 0"):
         load_settings(environ={}, config_dir=_with_queue(tmp_path, _BIG + "shards = 0\n"))
 
