@@ -61,6 +61,11 @@ variable "queues" {
     condition     = alltrue([for q in var.queues : q.max_dispatches_per_second / q.shards <= 500])
     error_message = "queues[*].max_dispatches_per_second / shards must not exceed 500 (Cloud Tasks' per-queue maximum): raise shards."
   }
+
+  validation {
+    condition     = alltrue([for q in var.queues : ceil(q.max_concurrent_dispatches / q.shards) <= 5000])
+    error_message = "queues[*].max_concurrent_dispatches / shards must not exceed 5000 (Cloud Tasks' per-queue maximum): raise shards."
+  }
 }
 
 variable "database_url_secret_id" {
