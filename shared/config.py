@@ -8,6 +8,7 @@ is named in :class:`Env`, so there is one place to look.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from shared.dispatch_key import DispatchKey, shard_of
 from shared.paths import project_root
 
 
@@ -42,9 +44,27 @@ class ConfigError(ValueError):
     """The configuration files or environment are invalid; the message names the key."""
 
 
+#: Cloud Tasks' ceiling on one queue's ``max_dispatches_per_second`` ("The maximum allowed value
+#: is 500", RateLimits reference; quotas page: 500 dispatches per second per queue).
+MAX_QUEUE_DISPATCHES_PER_SECOND = 500.0
+#: Cloud Tasks' ceiling on one queue's ``max_concurrent_dispatches`` ("The maximum allowed value
+#: is 5,000", RateLimits reference).
+MAX_QUEUE_CONCURRENT_DISPATCHES = 5000
+#: A sane bound on shards per kind (a project holds at most 1,000 queues per region).
+MAX_QUEUE_SHARDS = 64
+
+
 @dataclass(frozen=True)
 class QueueConfig:
-    """A Cloud Tasks queue for one source kind."""
+    """The Cloud Tasks queue(s) of one source kind.
+
+    ``max_dispatches_per_second`` and ``max_concurrent_dispatches`` are the **kind's** totals:
+    what the collectors of that kind receive at most, however many shards carry it. With
+    ``shards = N`` they are split evenly over N queues (:meth:`shard_rate`,
+    :meth:`shard_concurrency`); sharding raises the ceiling of one queue (500/s), never the load
+    a kind's collectors were promised. Shard 0 is ``name`` itself (an existing deployment keeps
+    its queue and its in-flight tasks); shards 1..N-1 are ``<name>-<i>``.
+    """
 
     kind: str
     name: str
@@ -55,6 +75,25 @@ class QueueConfig:
     max_backoff_seconds: float
     max_doublings: int
     collector_url: str | None = None
+    shards: int = 1
+
+    def shard_name(self, shard: int) -> str:
+        """The queue id of one shard: shard 0 keeps ``name``, the others get ``-<shard>``."""
+        if not 0 <= shard < self.shards:
+            raise ValueError(f"queue {self.name}: shard {shard} is outside 0..{self.shards - 1}")
+        return self.name if shard == 0 else f"{self.name}-{shard}"
+
+    def shard_names(self) -> list[str]:
+        """Every shard's queue id, shard 0 first."""
+        return [self.shard_name(i) for i in range(self.shards)]
+
+    def shard_rate(self) -> float:
+        """One shard queue's ``max_dispatches_per_second``: the kind's rate split evenly."""
+        return self.max_dispatches_per_second / self.shards
+
+    def shard_concurrency(self) -> int:
+        """One shard queue's ``max_concurrent_dispatches``: the kind's, split, rounded up."""
+        return max(1, math.ceil(self.max_concurrent_dispatches / self.shards))
 
     def retry_span_seconds(self, dispatch_deadline_seconds: float) -> float:
         """The longest a task can take from its first dispatch to its last attempt's end.
@@ -108,6 +147,10 @@ class Settings:
     # How far ahead of the clock a tick's explicit ``time`` may be before select refuses it
     # (a typo'd year would otherwise move every due next_run_at that far ahead).
     max_tick_skew_seconds: float = 300.0
+    # Connections one process's ledger pool may open ([ledger] pool_max_size): one per
+    # concurrent request. Terraform sizes max instances so that the sum over the ledger
+    # functions of max_instances x this stays inside the database's connection budget.
+    ledger_pool_max_size: int = 8
 
     def max_attempts_for(self, kind: str) -> int:
         """The queue's max attempts for a source kind (``-1``: unlimited; unknown kind: -1, so
@@ -131,11 +174,22 @@ class Settings:
     def topic_path(self, topic: str) -> str:
         return f"projects/{self.project}/topics/{topic}"
 
-    def queue_path(self, kind: str) -> str:
+    def queue_path(self, kind: str, shard: int = 0) -> str:
+        """The full resource name of one shard queue of ``kind`` (shard 0: the kind's queue)."""
         return (
             f"projects/{self.project}/locations/{self.tasks_location}/queues/"
-            f"{self.queue_for(kind).name}"
+            f"{self.queue_for(kind).shard_name(shard)}"
         )
+
+    def queue_paths(self, kind: str) -> list[str]:
+        """Every shard queue of ``kind``, shard 0 first (what the stack and Terraform create)."""
+        return [self.queue_path(kind, i) for i in range(self.queue_for(kind).shards)]
+
+    def queue_path_for(self, kind: str, key: DispatchKey) -> str:
+        """The queue that carries the task of ``key``: its shard is a pure function of the key's
+        hash (:func:`shared.dispatch_key.shard_of`), so a retry finds the same queue. Retries and
+        reconcile use the queue stored in the ledger row anyway, which survives a shard change."""
+        return self.queue_path(kind, shard_of(key, self.queue_for(kind).shards))
 
 
 def load_settings(
@@ -178,9 +232,19 @@ def _build(environment: str, raw: Mapping[str, Any], environ: Mapping[str, str])
             max_backoff_seconds=float(spec["max_backoff_seconds"]),
             max_doublings=int(spec["max_doublings"]),
             collector_url=spec.get("collector_url"),
+            shards=int(spec.get("shards", 1)),
         )
         for kind, spec in raw.get("queues", {}).items()
     }
+    seen: dict[str, str] = {}
+    for queue in queues.values():
+        _check_shards(queue)
+        for name in queue.shard_names():
+            if name in seen:
+                raise ConfigError(
+                    f"queues.{queue.kind}: queue {name} is also a queue of kind {seen[name]!r}"
+                )
+            seen[name] = queue.kind
     shard_count = int(core["shard_count"])
     if not 1 <= shard_count <= 1024:
         raise ConfigError(f"dispatcher.shard_count: {shard_count} is outside 1..1024")
@@ -190,6 +254,9 @@ def _build(environment: str, raw: Mapping[str, Any], environ: Mapping[str, str])
     skew = float(environ.get(Env.MAX_TICK_SKEW) or core.get("max_tick_skew_seconds", 300.0))
     if skew < 0:
         raise ConfigError(f"dispatcher.max_tick_skew_seconds: {skew} is negative")
+    pool_max_size = int(raw.get("ledger", {}).get("pool_max_size", 8))
+    if not 1 <= pool_max_size <= 100:
+        raise ConfigError(f"ledger.pool_max_size: {pool_max_size} is outside 1..100")
     verify_env = environ.get(Env.PUSH_AUTH_VERIFY)
     outcomes = raw.get("outcomes", {})
     lost_after = float(outcomes.get("lost_after_minutes", 120)) * 60
@@ -237,7 +304,30 @@ def _build(environment: str, raw: Mapping[str, Any], environ: Mapping[str, str])
         lost_after_seconds=lost_after,
         completion_lease_seconds=float(outcomes.get("completion_lease_seconds", 60)),
         max_tick_skew_seconds=skew,
+        ledger_pool_max_size=pool_max_size,
     )
+
+
+def _check_shards(queue: QueueConfig) -> None:
+    """A kind's shards are 1..64; no shard queue may be asked for more than 500/s or more than
+    5,000 concurrent dispatches (Cloud Tasks refuses both)."""
+    where = f"queues.{queue.kind}"
+    if not 1 <= queue.shards <= MAX_QUEUE_SHARDS:
+        raise ConfigError(f"{where}.shards: {queue.shards} is outside 1..{MAX_QUEUE_SHARDS}")
+    if queue.shard_rate() > MAX_QUEUE_DISPATCHES_PER_SECOND:
+        needed = math.ceil(queue.max_dispatches_per_second / MAX_QUEUE_DISPATCHES_PER_SECOND)
+        raise ConfigError(
+            f"{where}.max_dispatches_per_second: {queue.max_dispatches_per_second:g}/s over "
+            f"{queue.shards} shard(s) is {queue.shard_rate():g}/s per queue, above Cloud Tasks' "
+            f"{MAX_QUEUE_DISPATCHES_PER_SECOND:g}/s per queue: set shards = {needed} or more"
+        )
+    if queue.shard_concurrency() > MAX_QUEUE_CONCURRENT_DISPATCHES:
+        needed = math.ceil(queue.max_concurrent_dispatches / MAX_QUEUE_CONCURRENT_DISPATCHES)
+        raise ConfigError(
+            f"{where}.max_concurrent_dispatches: {queue.max_concurrent_dispatches} over "
+            f"{queue.shards} shard(s) is above Cloud Tasks' {MAX_QUEUE_CONCURRENT_DISPATCHES} per "
+            f"queue: set shards = {needed} or more"
+        )
 
 
 def _section(raw: Mapping[str, Any], name: str) -> Mapping[str, Any]:

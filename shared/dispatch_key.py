@@ -14,6 +14,10 @@ name is a pure function of the key:
 
 The slot is canonicalised to a UTC RFC 3339 string before hashing, so ``09:00+01:00`` and
 ``08:00Z`` are one key (slots are whole minutes; fanout floors hand-typed ones).
+
+The queue shard of a key (``[queues.<kind>] shards``) comes from the same SHA-256 digest
+(:func:`shard_of`): a pure function of the key, so every attempt of a dispatch picks the same
+queue and hence the same full task name, and keys spread evenly over the shards.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from shared.instants import format_slot
 __all__ = [
     "MAX_TASK_ID_LENGTH",
     "DispatchKey",
+    "shard_of",
     "task_id",
     "task_name",
 ]
@@ -68,9 +73,24 @@ class DispatchKey:
         }
 
 
+def _digest(key: DispatchKey) -> str:
+    return hashlib.sha256(key.canonical().encode("utf-8")).hexdigest()
+
+
+def shard_of(key: DispatchKey, shards: int) -> int:
+    """The queue shard (``0..shards-1``) of ``key``: its SHA-256 digest modulo ``shards``.
+
+    Stable across processes and releases (no ``hash()`` salt); ``shards == 1`` is always 0, so a
+    kind that never sharded keeps every task on its original queue.
+    """
+    if shards < 1:
+        raise ValueError(f"shards must be at least 1, got {shards}")
+    return int(_digest(key), 16) % shards
+
+
 def task_id(key: DispatchKey) -> str:
     """The Cloud Tasks task id (last path segment) for ``key``; see the module docstring."""
-    digest = hashlib.sha256(key.canonical().encode("utf-8")).hexdigest()[:_HASH_CHARS]
+    digest = _digest(key)[:_HASH_CHARS]
     stamp = key.slot.astimezone(UTC).strftime("%Y%m%dt%H%M%Sz")
     suffix = _NOT_ALLOWED.sub("_", f"{key.subscription_id}-{key.source_id}-{stamp}")
     room = MAX_TASK_ID_LENGTH - _HASH_CHARS - 1

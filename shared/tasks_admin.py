@@ -1,4 +1,5 @@
-"""Create or update the Cloud Tasks queues that app.toml declares (one per source kind).
+"""Create or update the Cloud Tasks queues that app.toml declares (one per source kind, or
+``shards`` of them: each shard gets the kind's rate limits split evenly, as in terraform/tasks.tf).
 
 The local stack calls this against the Cloud Tasks emulator; in production Terraform owns the
 queues and this only serves to check or repair drift.
@@ -34,12 +35,13 @@ class QueueChange:
     name: str
 
 
-def queue_resource(settings: Settings, queue: QueueConfig) -> dict[str, object]:
+def queue_resource(settings: Settings, queue: QueueConfig, shard: int = 0) -> dict[str, object]:
+    """One shard queue of a kind as a Cloud Tasks ``Queue`` (the kind's limits split evenly)."""
     return {
-        "name": settings.queue_path(queue.kind),
+        "name": settings.queue_path(queue.kind, shard),
         "rate_limits": {
-            "max_dispatches_per_second": queue.max_dispatches_per_second,
-            "max_concurrent_dispatches": queue.max_concurrent_dispatches,
+            "max_dispatches_per_second": queue.shard_rate(),
+            "max_concurrent_dispatches": queue.shard_concurrency(),
         },
         "retry_config": {
             "max_attempts": queue.max_attempts,
@@ -56,12 +58,13 @@ def queue_resource(settings: Settings, queue: QueueConfig) -> dict[str, object]:
 def apply_queues(
     settings: Settings, client: tasks_v2.CloudTasksClient | None = None
 ) -> list[QueueChange]:
-    """Create every configured queue, or update its limits when it already exists."""
+    """Create every configured queue (every shard), or update its limits when it exists."""
     client = client or build_tasks_client(settings.cloud_tasks_emulator_host)
     parent = f"projects/{settings.project}/locations/{settings.tasks_location}"
     changes: list[QueueChange] = []
-    for queue in settings.queues.values():
-        resource = queue_resource(settings, queue)
+    shards = [(q, i) for q in settings.queues.values() for i in range(q.shards)]
+    for queue, shard in shards:
+        resource = queue_resource(settings, queue, shard)
         try:
             client.create_queue(request={"parent": parent, "queue": resource})
             changes.append(QueueChange("create", str(resource["name"])))

@@ -68,6 +68,9 @@ resource "google_cloudfunctions2_function" "function" {
       DISPATCHER_ENV              = var.environment
       DISPATCHER_PUSH_AUTH_VERIFY = "true"
       LOG_EXECUTION_ID            = "true"
+      # functions-framework's gunicorn runs 4 threads per vCPU unless told: one thread per
+      # concurrent request, or the extra concurrency only queues inside the instance.
+      THREADS = tostring(var.functions[each.key].concurrency)
     }
 
     # Read from Secret Manager when an instance starts; never in state, tfvars or the archive.
@@ -79,6 +82,16 @@ resource "google_cloudfunctions2_function" "function" {
         secret     = var.database_url_secret_id
         version    = "latest"
       }
+    }
+  }
+
+  # Every instance of every ledger function may hold a full pool: together they must fit in the
+  # database's connection budget, or a burst fails on "too many clients" instead of queueing.
+  # The sizing comes from the capacity model (bench/capacity.py, docs/capacity.md).
+  lifecycle {
+    precondition {
+      condition     = sum([for name in local.database_functions : var.functions[name].max_instances]) * var.ledger_pool_max_size <= var.database_max_connections - var.database_reserved_connections
+      error_message = "Σ max_instances of the ledger functions x ledger_pool_max_size exceeds database_max_connections - database_reserved_connections: lower instances or the pool, or raise the database's max_connections."
     }
   }
 

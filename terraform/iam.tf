@@ -19,6 +19,7 @@ resource "google_pubsub_topic_iam_member" "select_publishes_due" {
 }
 
 # --- fanout and maintenance: create Cloud Tasks that carry the collector invoker's token --------
+# On every shard queue of every kind (local.queue_shards, tasks.tf).
 
 resource "google_project_iam_member" "fanout_datastore_viewer" {
   project = var.project_id
@@ -33,7 +34,7 @@ resource "google_project_iam_member" "maintenance_datastore_user" {
 }
 
 resource "google_cloud_tasks_queue_iam_member" "fanout_enqueues" {
-  for_each = var.queues
+  for_each = local.queue_shards
 
   project  = var.project_id
   location = google_cloud_tasks_queue.queue[each.key].location
@@ -43,7 +44,7 @@ resource "google_cloud_tasks_queue_iam_member" "fanout_enqueues" {
 }
 
 resource "google_cloud_tasks_queue_iam_member" "maintenance_enqueues" {
-  for_each = var.queues
+  for_each = local.queue_shards
 
   project  = var.project_id
   location = google_cloud_tasks_queue.queue[each.key].location

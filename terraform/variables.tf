@@ -42,11 +42,29 @@ variable "queues" {
     min_backoff_seconds       = number
     max_backoff_seconds       = number
     max_doublings             = number
+    # Queues carrying the kind; its rate and concurrency are split evenly over them (tasks.tf).
+    shards = optional(number, 1)
   }))
 
   validation {
     condition     = length(var.queues) > 0
     error_message = "queues must declare at least one source kind."
+  }
+
+  validation {
+    condition     = alltrue([for q in var.queues : q.shards >= 1 && q.shards <= 64 && floor(q.shards) == q.shards])
+    error_message = "queues[*].shards must be a whole number in 1..64."
+  }
+
+  # Cloud Tasks refuses a queue rate above 500/s: a faster kind needs more shards.
+  validation {
+    condition     = alltrue([for q in var.queues : q.max_dispatches_per_second / q.shards <= 500])
+    error_message = "queues[*].max_dispatches_per_second / shards must not exceed 500 (Cloud Tasks' per-queue maximum): raise shards."
+  }
+
+  validation {
+    condition     = alltrue([for q in var.queues : ceil(q.max_concurrent_dispatches / q.shards) <= 5000])
+    error_message = "queues[*].max_concurrent_dispatches / shards must not exceed 5000 (Cloud Tasks' per-queue maximum): raise shards."
   }
 }
 
@@ -85,6 +103,24 @@ variable "functions" {
     sync        = { memory = "512Mi", cpu = "1", timeout_seconds = 300, min_instances = 0, max_instances = 2, concurrency = 1 }
     results     = { memory = "512Mi", cpu = "1", timeout_seconds = 60, min_instances = 0, max_instances = 20, concurrency = 1 }
   }
+}
+
+variable "ledger_pool_max_size" {
+  description = "Connections one instance's ledger pool may open ([ledger] pool_max_size in app.<env>.toml, which a test keeps equal): one per concurrent request."
+  type        = number
+  default     = 8
+}
+
+variable "database_max_connections" {
+  description = "The ledger database's max_connections (the Cloud SQL flag; every tfvars sets it): the functions' pools must fit inside it."
+  type        = number
+  default     = 100
+}
+
+variable "database_reserved_connections" {
+  description = "Connections kept out of the functions' budget: superuser slots, migrations, operators' psql, monitoring."
+  type        = number
+  default     = 20
 }
 
 variable "ingress_settings" {

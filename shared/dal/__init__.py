@@ -92,11 +92,15 @@ def ledger() -> Ledger:
                 url = settings.database_url
                 if not url:
                     raise ConfigError("DATABASE_URL is not set: fanout needs the ledger")
-                # Enough connections for fanout's concurrent instances' threads (8 per instance
-                # locally, like Cloud Run's concurrency) without exhausting PostgreSQL.
+                # One connection per concurrent request of this instance ([ledger]
+                # pool_max_size = the function's concurrency); max instances x pool size stays
+                # inside the database's connection budget (docs/capacity.md, a deploy test).
                 _LedgerHolder.ledger = Ledger(
                     open_pool(
-                        url, min_size=1, max_size=8, timeout=settings.dependency_timeout_seconds
+                        url,
+                        min_size=1,
+                        max_size=settings.ledger_pool_max_size,
+                        timeout=settings.dependency_timeout_seconds,
                     )
                 )
     return _LedgerHolder.ledger

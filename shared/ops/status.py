@@ -22,7 +22,7 @@ What is measured, and how, without consuming or delaying any message:
   reads them (pulled, then released with ack deadline 0; nothing is acknowledged).
 * ``dispatches``: ledger rows in state ``failed``, and rows still ``claimed`` after
   ``stuck_after`` (a crash between claim and create; maintenance ``reconcile`` re-creates them).
-* ``queues``: each configured Cloud Tasks queue exists and is RUNNING.
+* ``queues``: each configured Cloud Tasks queue (every shard of a kind) exists and is RUNNING.
 * ``outcomes``: what collectors reported for the dispatches of the last ``outcome_window``, per
   source kind (``dispatcher ledger outcomes``): any final failure, or any dispatch reconcile
   declared ``lost``, needs a person.
@@ -298,28 +298,38 @@ def check_dispatches(ctx: StatusContext) -> CheckResult:
 
 
 def check_queues(ctx: StatusContext) -> CheckResult:
-    """Every configured Cloud Tasks queue exists and is RUNNING."""
+    """Every configured Cloud Tasks queue, every shard of it, exists and is RUNNING."""
     states = ctx.queue_states()
     problems: list[str] = []
-    for kind, queue in sorted(ctx.settings.queues.items()):
-        state = states.get(ctx.settings.queue_path(kind))
-        if state is None:
-            problems.append(
-                f"{queue.name} ({kind}) does not exist: fanout dead-letters every {kind} task "
-                "(create it, then dispatcher dlq replay --topic dispatcher-due)"
-            )
-        elif state != "RUNNING":
-            problems.append(f"{queue.name} ({kind}) is {state}: its tasks are not dispatched")
-    summary = ", ".join(
-        f"{q.name} {states.get(ctx.settings.queue_path(k)) or 'MISSING'}"
-        for k, q in sorted(ctx.settings.queues.items())
-    )
+    shown: list[str] = []
+    by_kind: dict[str, dict[str, str | None]] = {}
+    for kind in sorted(ctx.settings.queues):
+        paths = ctx.settings.queue_paths(kind)
+        shards = len(paths)
+        by_kind[kind] = {}
+        for path in paths:
+            name = path.rsplit("/", 1)[-1]
+            state = states.get(path)
+            by_kind[kind][name] = state
+            shown.append(f"{name} {state or 'MISSING'}")
+            # A missing shard refuses only the keys hashed to it: about 1/N of the kind's tasks.
+            share = f"about 1/{shards} of the {kind} tasks" if shards > 1 else f"every {kind} task"
+            if state is None:
+                problems.append(
+                    f"{name} ({kind}) does not exist: fanout dead-letters {share} "
+                    "(create it, then dispatcher dlq replay --topic dispatcher-due)"
+                )
+            elif state != "RUNNING":
+                problems.append(f"{name} ({kind}) is {state}: its tasks are not dispatched")
     return CheckResult(
         "queues",
         "attention" if problems else "ok",
-        summary,
+        ", ".join(shown),
         problems,
-        {"states": {k: states.get(ctx.settings.queue_path(k)) for k in ctx.settings.queues}},
+        {
+            "states": {k: by_kind[k][q.name] for k, q in ctx.settings.queues.items()},
+            "shards": by_kind,
+        },
     )
 
 

@@ -395,11 +395,13 @@ def _source_specs(
 ) -> list[SourceSpec]:
     specs: list[SourceSpec] = []
     for source in subscription.sources:
+        key = DispatchKey(subscription.id, slot, source.id)
         try:
-            queue = settings.queue_path(source.kind)
+            # The key's hash picks the kind's queue shard; the ledger stores the result, so a
+            # retry or reconcile recreates the same name on the same queue.
+            queue = settings.queue_path_for(source.kind, key)
         except ConfigError as exc:
             raise UnknownSourceKindError(subscription.id, source, exc) from exc
-        key = DispatchKey(subscription.id, slot, source.id)
         specs.append(SourceSpec(source.id, source.kind, task_name(queue, key), queue))
     return specs
 

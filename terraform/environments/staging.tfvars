@@ -44,10 +44,11 @@ queues = {
   }
 }
 
-# Staging runs small: one instance of each function is plenty.
+# Staging runs small: one instance of each function is plenty; fanout keeps production's
+# concurrency so the pool size and threads are exercised as in production.
 functions = {
   select      = { memory = "512Mi", cpu = "1", timeout_seconds = 120, min_instances = 0, max_instances = 2, concurrency = 1 }
-  fanout      = { memory = "512Mi", cpu = "1", timeout_seconds = 60, min_instances = 0, max_instances = 5, concurrency = 1 }
+  fanout      = { memory = "512Mi", cpu = "1", timeout_seconds = 60, min_instances = 0, max_instances = 5, concurrency = 6 }
   maintenance = { memory = "512Mi", cpu = "1", timeout_seconds = 540, min_instances = 0, max_instances = 1, concurrency = 1 }
   sync        = { memory = "512Mi", cpu = "1", timeout_seconds = 300, min_instances = 0, max_instances = 1, concurrency = 1 }
   results     = { memory = "512Mi", cpu = "1", timeout_seconds = 60, min_instances = 0, max_instances = 1, concurrency = 1 }
@@ -58,3 +59,7 @@ tasks_log_sampling_ratio = 1.0
 # Monitoring notification channels (ids like projects/dispatcher-staging/notificationChannels/123),
 # created once in the console or with gcloud; empty means incidents open in the console only.
 notification_channels = []
+
+# (5 + 1 + 1 + 1) x 6 = 48 <= 100 - 20. [ledger] pool_max_size in app.staging.toml.
+ledger_pool_max_size     = 6
+database_max_connections = 100

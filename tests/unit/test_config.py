@@ -85,3 +85,89 @@ def test_the_tick_skew_comes_from_app_toml_and_the_environment_wins() -> None:
     assert settings.max_tick_skew_seconds == 60.0
     with pytest.raises(ConfigError, match="max_tick_skew_seconds"):
         load_settings(environ={"DISPATCHER_MAX_TICK_SKEW_SECONDS": "-1"})
+
+
+# --- queue shards -------------------------------------------------------------------------------
+
+
+def _with_queue(tmp_path: Path, extra: str) -> Path:
+    base = (project_root() / "app.toml").read_text()
+    (tmp_path / "app.toml").write_text(base + "\n" + extra)
+    return tmp_path
+
+
+_BIG = """
+[queues.firehose]
+name = "collect-firehose"
+max_dispatches_per_second = 1200.0
+max_concurrent_dispatches = 3000
+max_attempts = 3
+min_backoff_seconds = 5.0
+max_backoff_seconds = 60.0
+max_doublings = 2
+"""
+
+
+def test_shards_split_the_kinds_limits_and_shard_zero_keeps_the_queue_name(
+    tmp_path: Path,
+) -> None:
+    settings = load_settings(environ={}, config_dir=_with_queue(tmp_path, _BIG + "shards = 3\n"))
+    queue = settings.queues["firehose"]
+    assert queue.shard_names() == ["collect-firehose", "collect-firehose-1", "collect-firehose-2"]
+    assert queue.shard_rate() == 400.0
+    assert queue.shard_concurrency() == 1000
+    assert [p.rsplit("/", 1)[-1] for p in settings.queue_paths("firehose")] == queue.shard_names()
+    assert settings.queue_path("firehose") == settings.queue_paths("firehose")[0]
+    # Unsharded kinds are exactly what they were: one queue under its name, the limits whole.
+    rss = settings.queues["rss"]
+    assert rss.shards == 1 and settings.queue_paths("rss") == [settings.queue_path("rss")]
+    assert rss.shard_rate() == rss.max_dispatches_per_second
+
+
+def test_a_key_always_lands_on_the_same_shard_queue(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from shared.dispatch_key import DispatchKey, shard_of
+
+    settings = load_settings(environ={}, config_dir=_with_queue(tmp_path, _BIG + "shards = 3\n"))
+    slot = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+    used = set()
+    for i in range(60):
+        key = DispatchKey(f"sub-{i}", slot, "src")
+        path = settings.queue_path_for("firehose", key)
+        assert path == settings.queue_path("firehose", shard_of(key, 3))
+        assert path == settings.queue_path_for("firehose", key)
+        used.add(path)
+    assert used == set(settings.queue_paths("firehose"))
+
+
+def test_a_shard_above_500_per_second_names_the_shards_needed(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"queues.firehose.*600/s per queue.*shards = 3"):
+        load_settings(environ={}, config_dir=_with_queue(tmp_path, _BIG + "shards = 2\n"))
+    crowded = _BIG.replace("3000", "18000") + "shards = 3\n"
+    with pytest.raises(ConfigError, match=r"max_concurrent_dispatches: 18000.*shards = 4"):
+        load_settings(environ={}, config_dir=_with_queue(tmp_path, crowded))
+    with pytest.raises(ConfigError, match=r"queues.firehose.shards: 0"):
+        load_settings(environ={}, config_dir=_with_queue(tmp_path, _BIG + "shards = 0\n"))
+
+
+def test_shard_queue_names_never_collide_with_another_kinds_queue(tmp_path: Path) -> None:
+    clash = (
+        _BIG
+        + "shards = 3\n"
+        + _BIG.replace("firehose]", "other]")
+        .replace('"collect-firehose"', '"collect-firehose-2"')
+        .replace("1200.0", "100.0")
+    )
+    with pytest.raises(ConfigError, match="collect-firehose-2 is also a queue of kind"):
+        load_settings(environ={}, config_dir=_with_queue(tmp_path, clash))
+
+
+def test_the_ledger_pool_size_comes_from_the_environments_file(tmp_path: Path) -> None:
+    assert load_settings(environ={}).ledger_pool_max_size == 8
+    production = load_settings(environ={"DISPATCHER_ENV": "production"})
+    assert production.ledger_pool_max_size == 6
+    base = (project_root() / "app.toml").read_text()
+    (tmp_path / "app.toml").write_text(base.replace("pool_max_size = 8", "pool_max_size = 0"))
+    with pytest.raises(ConfigError, match=r"ledger\.pool_max_size: 0"):
+        load_settings(environ={}, config_dir=tmp_path)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import UTC, datetime, timedelta, timezone
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.dispatch_key import MAX_TASK_ID_LENGTH, DispatchKey, task_id, task_name
+from shared.dispatch_key import MAX_TASK_ID_LENGTH, DispatchKey, shard_of, task_id, task_name
 
 SLOT = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 ALLOWED = re.compile(r"^[A-Za-z0-9_-]{1,500}$")
@@ -51,3 +53,27 @@ def test_neighbouring_slots_do_not_share_a_prefix() -> None:
     prefixes = {task_id(DispatchKey("a", SLOT + timedelta(minutes=m), "s"))[:4] for m in range(50)}
     # Sequential slots spread over the key space instead of clustering (50 draws of 65536).
     assert len(prefixes) >= 48
+
+
+# --- queue shards -------------------------------------------------------------------------------
+
+
+def test_the_shard_is_a_stable_function_of_the_key_hash() -> None:
+    key = DispatchKey("acme", datetime(2026, 1, 5, 9, 0, tzinfo=UTC), "reuters")
+    plus_one = timezone(timedelta(hours=1))
+    same = DispatchKey("acme", datetime(2026, 1, 5, 10, 0, tzinfo=plus_one), "reuters")
+    assert shard_of(key, 1) == 0
+    assert shard_of(key, 4) == shard_of(same, 4)
+    # Pinned: a release that changed the function would move in-flight keys to other queues.
+    digest = int(hashlib.sha256(key.canonical().encode()).hexdigest(), 16)
+    assert shard_of(key, 7) == digest % 7
+    with pytest.raises(ValueError):
+        shard_of(key, 0)
+
+
+def test_keys_spread_evenly_over_the_shards() -> None:
+    slot = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+    counts = [0, 0, 0, 0]
+    for i in range(4000):
+        counts[shard_of(DispatchKey(f"sub-{i}", slot, "rss-1"), 4)] += 1
+    assert all(900 <= c <= 1100 for c in counts), counts

@@ -360,3 +360,29 @@ def test_the_30_day_limit_counts_the_jitter(
     store.docs["acme"]["jitter_seconds"] = 0
     fanout(payload, message(), deps=deps)
     assert len(tasks.created) == 3
+
+
+def test_a_sharded_kind_puts_each_task_on_its_keys_shard_and_a_redelivery_on_the_same(
+    settings: Settings, store: FakeSubscriptionStore, tasks: FakeTasks, ledger: FakeLedger
+) -> None:
+    from dataclasses import replace
+
+    from shared.dispatch_key import shard_of
+
+    rss = replace(settings.queues["rss"], shards=4)
+    sharded = replace(settings, queues={**settings.queues, "rss": rss})
+    deps = FanoutDependencies(
+        settings=sharded, store=store, tasks=tasks, ledger=ledger, clock=lambda: NOW
+    )
+    slot = utc("2026-01-05T09:00")
+    fanout(due(), message("due-1"), deps=deps)
+    key = DispatchKey("acme", slot, "reuters")
+    queue = sharded.queue_path("rss", shard_of(key, 4))
+    name = task_name(queue, key)
+    assert tasks.created[name].queue == queue
+    assert queue in sharded.queue_paths("rss")
+    # Unsharded kinds keep their single queue.
+    newsapi = DispatchKey("acme", slot, "newsapi")
+    assert task_name(sharded.queue_path("news-api"), newsapi) in tasks.created
+    fanout(due(), message("due-1"), deps=deps)
+    assert len(tasks.created) == 3

@@ -136,6 +136,38 @@ def squash(expression: str) -> str:
 Each = tuple[str, Any]
 
 
+def queue_shards(queues: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """What ``local.queue_shards`` (terraform/tasks.tf) evaluates to for a tfvars ``queues``.
+
+    tests/unit/deploy/test_terraform.py pins the HCL expression this mirrors, so the two move
+    together.
+    """
+    shards: dict[str, dict[str, Any]] = {}
+    for kind, queue in queues.items():
+        count = int(queue.get("shards", 1))
+        for shard in range(count):
+            key = kind if shard == 0 else f"{kind}-{shard}"
+            if key in shards:
+                raise UnresolvableError(f"local.queue_shards: key {key!r} appears twice")
+            shards[key] = {
+                "kind": kind,
+                "shard": shard,
+                "name": queue["name"] if shard == 0 else f"{queue['name']}-{shard}",
+                "max_dispatches_per_second": queue["max_dispatches_per_second"] / count,
+                "max_concurrent_dispatches": -(-queue["max_concurrent_dispatches"] // count),
+                **{
+                    k: queue[k]
+                    for k in (
+                        "max_attempts",
+                        "min_backoff_seconds",
+                        "max_backoff_seconds",
+                        "max_doublings",
+                    )
+                },
+            }
+    return shards
+
+
 class Terraform:
     """The parsed configuration plus the values the tests know (topics.yaml, one tfvars)."""
 
@@ -150,6 +182,7 @@ class Terraform:
             "local.scheduler_jobs": topology["scheduler"],
             "local.events": topology.get("events", {}),
             "var.queues": tfvars_values["queues"],
+            "local.queue_shards": queue_shards(tfvars_values["queues"]),
         }
         for name in ("database_functions", "task_functions"):
             self.known[f"local.{name}"] = {k: k for k in self.set_local(name)}

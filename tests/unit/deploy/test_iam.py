@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from shared.topology import FUNCTION_NAMES
-from tests.unit.deploy.hcl import ROOT, TERRAFORM, Terraform, resources
+from tests.unit.deploy.hcl import ROOT, TERRAFORM, Terraform, queue_shards, resources
 
 PRIMITIVE = re.compile(r"roles/(owner|editor|viewer)\b")
 PUBSUB_AGENT = "Pub/Sub service agent"
@@ -77,9 +77,10 @@ def readme_grants(terraform: Terraform) -> set[Grant]:
         kind = scope_cell.split("`")[0].strip()
         names = _ticked(scope_cell) or [""]
         for name in names:
-            if name == "var.queues":
+            if name == "local.queue_shards":
                 grants.update(
-                    (principal, role, kind, q["name"]) for q in terraform.tfvars["queues"].values()
+                    (principal, role, kind, q["name"])
+                    for q in queue_shards(terraform.tfvars["queues"]).values()
                 )
             else:
                 grants.add((principal, role, kind, name))

@@ -20,6 +20,7 @@ from tests.unit.deploy.hcl import (
     Terraform,
     load_hcl,
     locals_,
+    queue_shards,
     resources,
     squash,
     tfvars,
@@ -259,6 +260,7 @@ def test_every_configured_queue_exists_with_the_same_limits(environment: str) ->
     for kind, queue in settings.queues.items():
         spec = declared[kind]
         assert spec["name"] == queue.name
+        assert int(spec.get("shards", 1)) == queue.shards, f"{environment}: queue {kind} shards"
         for field in (
             "max_dispatches_per_second",
             "max_concurrent_dispatches",
@@ -273,9 +275,44 @@ def test_every_configured_queue_exists_with_the_same_limits(environment: str) ->
             )
 
 
+# The expression of local.queue_shards that tests/unit/deploy/hcl.py queue_shards() mirrors.
+QUEUE_SHARDS_EXPRESSION = """${merge([for kind, queue in var.queues : {
+  for shard in range(queue.shards) : (shard == 0 ? kind : "${kind}-${shard}") => {
+    kind = kind, shard = shard,
+    name = shard == 0 ? queue.name : "${queue.name}-${shard}",
+    max_dispatches_per_second = queue.max_dispatches_per_second / queue.shards,
+    max_concurrent_dispatches = ceil(queue.max_concurrent_dispatches / queue.shards),
+    max_attempts = queue.max_attempts, min_backoff_seconds = queue.min_backoff_seconds,
+    max_backoff_seconds = queue.max_backoff_seconds, max_doublings = queue.max_doublings}}]...)}"""
+
+
+def test_shard_queues_are_the_ones_the_stack_creates_with_the_same_split_limits(
+    environment: str,
+) -> None:
+    """Terraform and shared/tasks_admin.py (the local stack) create the same shard queues with
+    the same per-queue limits: the kind's totals split evenly, shard 0 under the kind's name."""
+    assert squash(str(locals_()["queue_shards"])) == squash(QUEUE_SHARDS_EXPRESSION)
+    settings = app_settings(environment)
+    shards = queue_shards(tfvars(environment)["queues"])
+    expected = {
+        path.rsplit("/", 1)[-1]: queue
+        for queue in settings.queues.values()
+        for path in settings.queue_paths(queue.kind)
+    }
+    assert {s["name"] for s in shards.values()} == set(expected)
+    for key, shard in shards.items():
+        queue = expected[shard["name"]]
+        assert key == (queue.kind if shard["shard"] == 0 else f"{queue.kind}-{shard['shard']}")
+        assert math.isclose(shard["max_dispatches_per_second"], queue.shard_rate())
+        assert shard["max_dispatches_per_second"] <= 500, "Cloud Tasks' per-queue maximum"
+        assert shard["max_concurrent_dispatches"] == queue.shard_concurrency()
+    # Shard 0 keeps the pre-sharding resource address: no kind's queue is ever replaced.
+    assert set(settings.queues) <= set(shards)
+
+
 def test_queue_resource_uses_every_queue_setting() -> None:
     queue = resource("google_cloud_tasks_queue.queue")
-    assert queue.body["for_each"] == "${var.queues}"
+    assert queue.body["for_each"] == "${local.queue_shards}"
     assert queue.body["name"] == "${each.value.name}"
     assert queue.body["location"] == "${var.tasks_location}"
     rate = queue.block("rate_limits")
@@ -341,3 +378,43 @@ def test_the_due_query_uses_the_indexed_fields_in_index_order() -> None:
     ranges = [field for field, op in filters if op != "=="]
     assert equalities + ranges == DUE_QUERY_FIELDS
     assert ranges == order_by == DUE_QUERY_FIELDS[-1:]
+
+
+# --- the ledger's connection budget ----------------------------------------------------------
+
+
+def test_ledger_functions_fit_the_database_connection_budget(environment: str) -> None:
+    """Σ over the functions that use the ledger of max_instances x pool_max_size must fit in
+    database_max_connections - database_reserved_connections: every instance may hold a full
+    pool at the peak of a burst, and PostgreSQL refuses the connection past its limit."""
+    values = tfvars(environment)
+    declared = variables()
+    settings = app_settings(environment)
+    assert values["ledger_pool_max_size"] == settings.ledger_pool_max_size, (
+        f"{environment}.tfvars ledger_pool_max_size != [ledger] pool_max_size"
+    )
+    functions = values.get("functions", declared["functions"]["default"])
+    database = Terraform({"topics": {}, "scheduler": {}}, values).set_local("database_functions")
+    reserved = values.get(
+        "database_reserved_connections", declared["database_reserved_connections"]["default"]
+    )
+    budget = values["database_max_connections"] - reserved
+    used = (
+        sum(functions[name]["max_instances"] for name in database) * settings.ledger_pool_max_size
+    )
+    assert used <= budget, f"{environment}: {used} connections > budget {budget}"
+    for name in database:
+        # A request holds one connection at a time: a smaller pool would make requests wait.
+        assert functions[name]["concurrency"] <= settings.ledger_pool_max_size, name
+
+
+def test_terraform_checks_the_connection_budget_and_threads_follow_concurrency() -> None:
+    function = resource("google_cloudfunctions2_function.function")
+    precondition = function.body["lifecycle"][0]["precondition"][0]
+    assert squash(precondition["condition"]) == squash(
+        "${sum([for name in local.database_functions : var.functions[name].max_instances])"
+        " * var.ledger_pool_max_size"
+        " <= var.database_max_connections - var.database_reserved_connections}"
+    )
+    env = function.block("service_config")["environment_variables"]
+    assert env["THREADS"] == "${tostring(var.functions[each.key].concurrency)}"

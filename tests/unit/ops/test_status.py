@@ -240,3 +240,29 @@ def test_final_failures_and_lost_dispatches_need_attention_per_kind(
     ]
     unread = StatusContext(**{**vars(context(settings, store)), "outcomes": None})
     assert check_outcomes(unread).state == "unknown"
+
+
+def test_every_shard_of_a_kind_is_shown_and_a_missing_shard_needs_attention(
+    settings: Settings, store: FakeSubscriptionStore
+) -> None:
+    rss = settings.queues["rss"]
+    sharded = replace(settings, queues={**settings.queues, "rss": replace(rss, shards=3)})
+    states: dict[str, str | None] = {
+        p: "RUNNING" for k in sharded.queues for p in sharded.queue_paths(k)
+    }
+    result = check_queues(context(sharded, store, states=states))
+    assert result.state == "ok"
+    for name in ("collect-rss RUNNING", "collect-rss-1 RUNNING", "collect-rss-2 RUNNING"):
+        assert name in result.summary
+    assert result.details["shards"]["rss"] == {
+        "collect-rss": "RUNNING",
+        "collect-rss-1": "RUNNING",
+        "collect-rss-2": "RUNNING",
+    }
+    del states[sharded.queue_path("rss", 2)]
+    result = check_queues(context(sharded, store, states=states))
+    assert result.state == "attention"
+    assert result.problems == [
+        "collect-rss-2 (rss) does not exist: fanout dead-letters about 1/3 of the rss tasks "
+        "(create it, then dispatcher dlq replay --topic dispatcher-due)"
+    ]
