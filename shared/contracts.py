@@ -43,6 +43,7 @@ CONTRACTS = (
     "subscription.v1.json",
     "result.v1.json",
     "run-completed.v1.json",
+    "email-task.v1.json",
 )
 CONSISTENCY_RULE = "x-consistency"
 _MAX_ISSUES = 50

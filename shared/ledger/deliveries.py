@@ -32,6 +32,7 @@ from psycopg.rows import class_row
 from psycopg_pool import ConnectionPool
 
 from shared.delivery_key import DeliveryKey
+from shared.email_render import SourceReport
 from shared.ledger.repository import MAX_ERROR_CHARS, LedgerError
 
 EmailState = Literal["queued", "sending", "sent", "failed"]
@@ -295,6 +296,28 @@ class EmailLedger:
         if row is None:
             raise LedgerError(f"email delivery {key.canonical()} vanished")
         return row
+
+    # -- content -------------------------------------------------------------------------
+
+    def collected(
+        self, subscription_id: str, since: datetime, until: datetime, limit: int = 5000
+    ) -> list[SourceReport]:
+        """The subscription's dispatches with ``since <= slot < until``, oldest first.
+
+        Served by the dispatch key's index (subscription_id, slot, source_id). A dispatch whose
+        task was never created reports ``not-created`` with its last create error.
+        """
+        with self._connection() as conn:
+            rows = conn.execute(
+                "SELECT slot, source_id, source_kind, "
+                "CASE WHEN state <> 'created' THEN 'not-created' ELSE execution_state END, "
+                "execution_final OR state <> 'created', items, "
+                "coalesce(execution_error, last_error) "
+                "FROM dispatches WHERE subscription_id = %s AND slot >= %s AND slot < %s "
+                "ORDER BY slot, source_id LIMIT %s",
+                (subscription_id, since, until, limit),
+            ).fetchall()
+        return [SourceReport(*row) for row in rows]
 
     # -- operators -----------------------------------------------------------------------
 
