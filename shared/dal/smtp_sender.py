@@ -78,6 +78,7 @@ class SmtpSender:
 
     def send(self, message: EmailMessage, sender: str, recipient: str) -> SmtpAccepted:
         """Send ``message`` to exactly ``recipient`` (the envelope), whatever its headers say."""
+        stage = "connect"
         try:
             with self._connect() as client:
                 client.ehlo_or_helo_if_needed()
@@ -89,7 +90,11 @@ class SmtpSender:
                 code, text = client.rcpt(recipient)
                 if code not in (250, 251):
                     _raise_for(code, text, "RCPT TO")
-                code, text = client.data(message.as_bytes())
+                # smtplib fixes line endings only for str data: bytes must already be CRLF,
+                # or the server sees one endless line (aiosmtpd: "500 Line too long").
+                wire = message.as_bytes(policy=message.policy.clone(linesep="\r\n"))
+                stage = "data"
+                code, text = client.data(wire)
                 if code != 250:
                     _raise_for(code, text, "DATA")
                 return SmtpAccepted(_reply(code, text))
@@ -105,7 +110,14 @@ class SmtpSender:
             raise
         except (smtplib.SMTPException, OSError, ssl.SSLError) as exc:
             # Refused or dropped connections, timeouts, TLS handshakes: the relay may be back.
+            where = f"{self._settings.smtp_host}:{self._settings.smtp_port}"
+            if stage == "data":
+                # The message was on the wire and no verdict came back (RFC 1047): the server
+                # may have accepted it. Say so, so that an operator reading a duplicate knows.
+                raise SmtpTemporaryError(
+                    f"no reply from {where} after the message was sent (it may have been "
+                    f"delivered): {type(exc).__name__}: {exc}"
+                ) from exc
             raise SmtpTemporaryError(
-                f"no SMTP conversation with {self._settings.smtp_host}:"
-                f"{self._settings.smtp_port}: {type(exc).__name__}: {exc}"
+                f"no SMTP conversation with {where}: {type(exc).__name__}: {exc}"
             ) from exc
