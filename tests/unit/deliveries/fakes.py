@@ -11,11 +11,12 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 
-from shared.dal.records import StoredSubscription
+from shared.dal.cloud_tasks import CreateOutcome
+from shared.dal.records import StoredSubscription, TaskRequest
 from shared.dal.smtp_sender import SmtpAccepted
 from shared.delivery_key import DeliveryKey
 from shared.email_render import SourceReport
-from shared.ledger.deliveries import EmailRow, EmailSpec, SendClaim
+from shared.ledger.deliveries import EmailClaim, EmailRow, EmailSpec, SendClaim
 
 NOW = datetime(2026, 3, 9, 12, 0, 5, tzinfo=UTC)
 
@@ -30,6 +31,44 @@ class FakeEmailStore:
         self.sources = list(sources)
         self.now = NOW
         self.collected_calls: list[tuple[str, datetime, datetime]] = []
+
+    def claim(self, spec: EmailSpec) -> EmailClaim:
+        k = _key(spec.key)
+        if k in self.rows:
+            return EmailClaim(self.rows[k], claimed=False)
+        row = EmailRow(
+            id=len(self.rows) + 1,
+            subscription_id=spec.key.subscription_id,
+            delivery_id=spec.key.delivery_id,
+            slot=spec.key.slot,
+            recipient=spec.key.recipient,
+            format=spec.format,
+            run_id=spec.run_id,
+            task_name=spec.task_name,
+            queue=spec.queue,
+            task_state="claimed",
+            task_error=None,
+            state="queued",
+            attempts=0,
+            message_id=spec.message_id,
+            smtp_reply=None,
+            last_error=None,
+            sending_since=None,
+            resumed=False,
+            sent_at=None,
+            failed_at=None,
+            created_at=self.now,
+            updated_at=self.now,
+        )
+        self.rows[k] = row
+        return EmailClaim(row, claimed=True)
+
+    def task_created(self, key: DeliveryKey) -> None:
+        self._set(key, True, task_state="created", task_error=None)
+
+    def task_failed(self, key: DeliveryKey, error: str) -> None:
+        row = self.rows[_key(key)]
+        self._set(key, row.task_state != "created", task_state="failed", task_error=error)
 
     def begin_send(self, spec: EmailSpec, *, lease: timedelta) -> SendClaim:
         k = _key(spec.key)
@@ -141,3 +180,21 @@ class FakeSubscriptions:
 
     def get(self, subscription_id: str) -> StoredSubscription | None:
         return self.docs.get(subscription_id)
+
+
+class FakeTasks:
+    """Cloud Tasks as far as names go: a second create of a name is ALREADY_EXISTS."""
+
+    def __init__(self, *failures: Exception) -> None:
+        self.created: dict[str, TaskRequest] = {}
+        self.calls = 0
+        self.failures = list(failures)
+
+    def create(self, request: TaskRequest) -> CreateOutcome:
+        self.calls += 1
+        if self.failures:
+            raise self.failures.pop(0)
+        if request.name in self.created:
+            return CreateOutcome.ALREADY_EXISTS
+        self.created[request.name] = request
+        return CreateOutcome.CREATED
