@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from shared.config import ConfigError, Env, _deep_merge, _read_toml
+from shared.config import ConfigError, Env, QueueConfig, _deep_merge, _read_toml
 from shared.paths import project_root
 
 SmtpTls = Literal["none", "starttls", "implicit"]
@@ -45,6 +45,19 @@ class EmailSettings:
 
     def queue_path(self, project: str, location: str) -> str:
         return f"projects/{project}/locations/{location}/queues/{self.queue}"
+
+    def queue_config(self) -> QueueConfig:
+        """The email queue in the shape of the collection queues (for the queue admin)."""
+        return QueueConfig(
+            kind="email",
+            name=self.queue,
+            max_dispatches_per_second=self.max_dispatches_per_second,
+            max_concurrent_dispatches=self.max_concurrent_dispatches,
+            max_attempts=self.max_attempts,
+            min_backoff_seconds=self.min_backoff_seconds,
+            max_backoff_seconds=self.max_backoff_seconds,
+            max_doublings=self.max_doublings,
+        )
 
 
 def load_email_settings(

@@ -1,0 +1,186 @@
+"""Email deliveries on the local stack: planner -> Cloud Tasks emulator (OIDC) -> the deliver
+function (functions-framework) -> the SMTP sink, with the transaction rows in PostgreSQL.
+
+The run-completed -> planner hop is a direct call here (the push subscription that would make
+it is not wired yet: docs/deliveries.md, "What remains"); everything after it is the stack's
+real parts, Cloud Tasks' own retries included.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import requests
+
+from shared.clients import build_tasks_client
+from shared.config import load_settings
+from shared.dal.cloud_tasks import CloudTasksGateway
+from shared.dal.records import StoredSubscription
+from shared.email_settings import load_email_settings
+from shared.ledger.deliveries import EmailLedger, EmailRow
+from shared.ledger.repository import open_pool
+from shared.ops.subscriptions import build_document
+from shared.usecases.plan_deliveries import PlanDependencies, plan_after_run
+from tests.support.polling import wait_for
+from tests.support.stack import StackHandle
+
+pytestmark = pytest.mark.e2e
+
+RECIPIENTS = ["oncall@acme.example", "ceo@acme.example"]
+
+
+class Sink:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def messages(self) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = requests.get(f"{self.url}/messages", timeout=5).json()
+        return found
+
+    def control(self, **plan: Any) -> None:
+        requests.post(f"{self.url}/control", json=plan, timeout=5).raise_for_status()
+
+
+@pytest.fixture
+def sink(stack: StackHandle) -> Sink:
+    sink = Sink(stack.env["SMTP_SINK_URL"])
+    requests.delete(f"{sink.url}/messages", timeout=5).raise_for_status()
+    sink.control(refuse_code=0, delay_reply_seconds=0)
+    return sink
+
+
+@pytest.fixture
+def emails(stack: StackHandle) -> Iterator[EmailLedger]:
+    pool = open_pool(stack.env["DATABASE_URL"], max_size=2)
+    yield EmailLedger(pool)
+    pool.close()
+
+
+def _subscription(stack: StackHandle, firestore_client: Any, sub_id: str) -> StoredSubscription:
+    now = datetime.now(UTC)
+    _, doc = build_document(
+        sub_id,
+        {
+            "name": f"Acme {sub_id}",
+            "schedule": {"every": 3600},
+            "sources": [{"id": "feed", "kind": "rss"}],
+            "deliveries": [
+                {
+                    "id": "alert",
+                    "channel": "email",
+                    "to": RECIPIENTS,
+                    "schedule": {"after": "run"},
+                    "format": "alert",
+                }
+            ],
+        },
+        now=now,
+        shard_count=load_settings(environ=stack.env).shard_count,
+    )
+    firestore_client.collection("subscriptions").document(sub_id).set(doc)
+    return StoredSubscription(sub_id, doc)
+
+
+def _plan(stack: StackHandle, emails: EmailLedger, stored: StoredSubscription, slot: str) -> Any:
+    settings = load_settings(environ=stack.env)
+
+    class Reader:
+        def get(self, subscription_id: str) -> StoredSubscription | None:
+            return stored if subscription_id == stored.id else None
+
+    host = stack.env["CLOUD_TASKS_EMULATOR_HOST"]
+    deps = PlanDependencies(
+        store=emails,
+        tasks=CloudTasksGateway(lambda: build_tasks_client(host)),
+        subscriptions=Reader(),
+        settings=load_email_settings(environ=stack.env),
+        project=settings.project,
+        location=settings.tasks_location,
+    )
+    event = {
+        "run_id": 1,
+        "subscription_id": stored.id,
+        "slot": slot,
+        "reason": "schedule",
+        "succeeded": True,
+        "completed_at": slot,
+        "counts": {"succeeded": 1, "failed": 0, "skipped": 0, "lost": 0},
+    }
+    return plan_after_run(event, deps)
+
+
+def _rows(emails: EmailLedger, sub_id: str) -> list[EmailRow]:
+    return emails.list(sub_id)
+
+
+def _all(emails: EmailLedger, sub_id: str, state: str) -> list[EmailRow] | None:
+    """The subscription's two rows once both are in ``state``."""
+    rows = _rows(emails, sub_id)
+    return rows if len(rows) == len(RECIPIENTS) and all(r.state == state for r in rows) else None
+
+
+def _slot() -> str:
+    return datetime.now(UTC).replace(second=0, microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_after_run_alert_reaches_every_recipient_once_with_its_message_id(
+    stack: StackHandle, firestore_client: Any, emails: EmailLedger, sink: Sink
+) -> None:
+    stored = _subscription(stack, firestore_client, "mail-once")
+    slot = _slot()
+    # The results function publishes at least once: three copies of the event.
+    plans = [_plan(stack, emails, stored, slot) for _ in range(3)]
+    assert [len(p.created) for p in plans] == [2, 0, 0]
+    rows = wait_for(
+        lambda: _all(emails, "mail-once", "sent"),
+        timeout=60,
+        message="both emails sent",
+    )
+    messages = sink.messages()
+    assert sorted(m["rcpt_tos"][0] for m in messages) == sorted(RECIPIENTS)
+    assert {m["message_id"] for m in messages} == {r.message_id for r in rows}
+    assert all(r.smtp_reply and r.smtp_reply.startswith("250 ") for r in rows)
+    assert all(m["subject"].startswith("[Acme mail-once] 0 new items at ") for m in messages)
+    # Redelivered tasks (a replay by hand does the same) answer 200 and send nothing.
+    time.sleep(2)
+    assert len(sink.messages()) == 2
+
+
+def test_temporary_refusals_are_retried_by_cloud_tasks_then_delivered_once(
+    stack: StackHandle, firestore_client: Any, emails: EmailLedger, sink: Sink
+) -> None:
+    stored = _subscription(stack, firestore_client, "mail-retry")
+    sink.control(refuse_code=451, refuse_seconds=8)
+    started = time.monotonic()
+    _plan(stack, emails, stored, _slot())
+    rows = wait_for(
+        lambda: _all(emails, "mail-retry", "sent"),
+        timeout=120,
+        interval=0.5,
+        message="both emails sent after the refusals",
+    )
+    assert time.monotonic() - started >= 8
+    assert all(r.attempts >= 2 for r in rows), [r.attempts for r in rows]
+    assert len(sink.messages()) == 2
+
+
+def test_a_permanent_refusal_is_failed_with_the_reason_and_not_retried(
+    stack: StackHandle, firestore_client: Any, emails: EmailLedger, sink: Sink
+) -> None:
+    stored = _subscription(stack, firestore_client, "mail-550")
+    sink.control(refuse_code=550, refuse_text="5.1.1 mailbox unavailable")
+    _plan(stack, emails, stored, _slot())
+    rows = wait_for(
+        lambda: _all(emails, "mail-550", "failed"),
+        timeout=60,
+        message="both emails failed",
+    )
+    assert {r.last_error for r in rows} == {"DATA refused: 550 5.1.1 mailbox unavailable"}
+    # Longer than the email queue's first backoff (5 s): no retry storm, one attempt each.
+    time.sleep(7)
+    assert [r.attempts for r in _rows(emails, "mail-550")] == [1, 1]
+    assert sink.messages() == []
