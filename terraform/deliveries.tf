@@ -2,14 +2,17 @@
 # Cloud Tasks, not a push target, hence not in local.function_topics), its identities, the SMTP
 # password secret and the grants between them. Every grant is a row of the README role table.
 #
-# Not here yet: the enqueue grants of the planner (a plan-deliveries push function on
-# dispatcher-run-completed, and select for scheduled digests), which do not exist as deployed
-# functions yet.
+# Not here yet: select's grants for scheduled digests (not wired to the tick yet).
+
+variable "email_queue_name" {
+  description = "Name of the email queue ([email] queue in app.toml; a test checks)."
+  type        = string
+  default     = "email-deliveries"
+}
 
 variable "email_queue" {
-  description = "The email queue; must equal [email] in app.toml + app.<env>.toml (a test checks)."
+  description = "Limits of the email queue; must equal [email] in app.toml + app.<env>.toml (a test checks)."
   type = object({
-    name                      = string
     max_dispatches_per_second = number
     max_concurrent_dispatches = number
     max_attempts              = number
@@ -18,7 +21,6 @@ variable "email_queue" {
     max_doublings             = number
   })
   default = {
-    name                      = "email-deliveries"
     max_dispatches_per_second = 5
     max_concurrent_dispatches = 10
     max_attempts              = 20
@@ -48,7 +50,7 @@ variable "deliver_function" {
 }
 
 resource "google_cloud_tasks_queue" "email" {
-  name     = var.email_queue.name
+  name     = var.email_queue_name
   location = var.tasks_location
 
   # Its own rate limit: the relay's sending limits, whatever the collection queues do.
@@ -94,7 +96,7 @@ resource "google_storage_bucket_object" "deliver_source" {
 resource "google_cloudfunctions2_function" "deliver" {
   name        = "dispatcher-deliver"
   location    = var.region
-  description = "HTTP target of the ${var.email_queue.name} Cloud Tasks queue: sends one email per task."
+  description = "HTTP target of the ${var.email_queue_name} Cloud Tasks queue: sends one email per task."
 
   build_config {
     runtime           = "python311"
@@ -179,4 +181,42 @@ resource "google_project_iam_member" "deliver_datastore_viewer" {
   project = var.project_id
   role    = "roles/datastore.viewer"
   member  = "serviceAccount:${google_service_account.deliver.email}"
+}
+
+# --- plan-deliveries: run-completed in, one email task per recipient out ------------------------
+# Its push subscription, dead-letter topic, runtime account, DATABASE_URL secret and the push
+# invoker's grant come from topics.yaml like every push function's; these are its own.
+
+# dispatcher-run-completed moved from topics.yaml `events` to `topics` when it got its consumer.
+moved {
+  from = google_pubsub_topic.event["dispatcher-run-completed"]
+  to   = google_pubsub_topic.topic["dispatcher-run-completed"]
+}
+
+# results publishes the event (the `events` grant covered it while it was an event).
+resource "google_pubsub_topic_iam_member" "results_publishes_run_completed" {
+  topic  = google_pubsub_topic.topic["dispatcher-run-completed"].id
+  role   = "roles/pubsub.publisher"
+  member = "serviceAccount:${google_service_account.function["results"].email}"
+}
+
+resource "google_project_iam_member" "plan_deliveries_datastore_viewer" {
+  project = var.project_id
+  role    = "roles/datastore.viewer"
+  member  = "serviceAccount:${google_service_account.function["plan-deliveries"].email}"
+}
+
+resource "google_cloud_tasks_queue_iam_member" "plan_deliveries_enqueues_email" {
+  project  = var.project_id
+  location = google_cloud_tasks_queue.email.location
+  name     = google_cloud_tasks_queue.email.name
+  role     = "roles/cloudtasks.enqueuer"
+  member   = "serviceAccount:${google_service_account.function["plan-deliveries"].email}"
+}
+
+# Creating a task with an OIDC token for an account needs iam.serviceAccounts.actAs on it.
+resource "google_service_account_iam_member" "plan_deliveries_acts_as_email_invoker" {
+  service_account_id = google_service_account.email_invoker.name
+  role               = "roles/iam.serviceAccountUser"
+  member             = "serviceAccount:${google_service_account.function["plan-deliveries"].email}"
 }

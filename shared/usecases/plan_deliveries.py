@@ -21,6 +21,7 @@ the stored name.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -32,7 +33,7 @@ from shared.dal.cloud_tasks import CreateOutcome
 from shared.dal.records import StoredSubscription, TaskRequest
 from shared.delivery_key import DeliveryKey, email_task_id, message_id
 from shared.email_settings import EmailSettings
-from shared.envelope import parse_rfc3339
+from shared.envelope import PushMessage, parse_rfc3339
 from shared.errors import DispatcherError, InvalidRequestError
 from shared.ledger.deliveries import EmailClaim, EmailSpec
 from shared.subscription import Delivery, InvalidSubscription, Subscription
@@ -152,3 +153,45 @@ def plan_after_run(payload: Mapping[str, Any], deps: PlanDependencies) -> PlanRe
         len(result.existing),
     )
     return result
+
+
+@functools.cache
+def _dependencies() -> PlanDependencies:
+    """The real ones, built on the first message (never at import)."""
+    from shared import clients, config
+    from shared.dal.cloud_tasks import CloudTasksGateway
+    from shared.dal.firestore_store import FirestoreSubscriptionStore
+    from shared.email_settings import load_email_settings
+    from shared.ledger.deliveries import EmailLedger
+    from shared.ledger.repository import open_pool
+
+    settings = config.get_settings()
+    if not settings.database_url:
+        raise config.ConfigError("DATABASE_URL is not set: plan-deliveries claims in the ledger")
+
+    def firestore_client() -> Any:
+        from google.cloud import firestore
+
+        return firestore.Client(project=settings.project)
+
+    return PlanDependencies(
+        store=EmailLedger(
+            open_pool(settings.database_url, timeout=settings.dependency_timeout_seconds)
+        ),
+        tasks=CloudTasksGateway(clients.tasks_client, timeout=settings.dependency_timeout_seconds),
+        subscriptions=FirestoreSubscriptionStore(
+            firestore_client,
+            timeout=settings.dependency_timeout_seconds,
+            retry_budget=settings.dependency_retry_budget_seconds,
+        ),
+        settings=load_email_settings(),
+        project=settings.project,
+        location=settings.tasks_location,
+    )
+
+
+def plan_deliveries(
+    payload: dict[str, Any], message: PushMessage, *, deps: PlanDependencies | None = None
+) -> PlanResult:
+    """The push use case of ``dispatcher-run-completed`` (functions/plan-deliveries)."""
+    return plan_after_run(payload, deps or _dependencies())

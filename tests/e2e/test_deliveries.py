@@ -1,13 +1,16 @@
 """Email deliveries on the local stack: planner -> Cloud Tasks emulator (OIDC) -> the deliver
 function (functions-framework) -> the SMTP sink, with the transaction rows in PostgreSQL.
 
-The run-completed -> planner hop is a direct call here (the push subscription that would make
-it is not wired yet: docs/deliveries.md, "What remains"); everything after it is the stack's
-real parts, Cloud Tasks' own retries included.
+The first test drives the whole chain through Pub/Sub: a due message, fanout, the collector stub,
+its outcome on dispatcher-results, the results function completing the run and publishing
+run-completed, pushed to plan-deliveries. The others call the planner directly to control the
+sink around one planning; everything after it is the stack's real parts, Cloud Tasks' own
+retries included.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -125,6 +128,41 @@ def _all(emails: EmailLedger, sub_id: str, state: str) -> list[EmailRow] | None:
 
 def _slot() -> str:
     return datetime.now(UTC).replace(second=0, microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_a_collection_run_ends_with_one_alert_per_recipient_through_pub_sub(
+    stack: StackHandle, firestore_client: Any, emails: EmailLedger, sink: Sink
+) -> None:
+    stored = _subscription(stack, firestore_client, "mail-chain")
+    # A manual run now: fanout -> collector stub -> outcome -> results -> run-completed -> plan.
+    stack.gcloud_publish("dispatcher-due", json.dumps({"subscription_id": "mail-chain"}))
+    rows = wait_for(
+        lambda: _all(emails, "mail-chain", "sent"),
+        timeout=120,
+        interval=0.5,
+        message="the run's alert sent to both recipients",
+    )
+    assert {r.run_id for r in rows} != {None}
+    messages = [m for m in sink.messages() if "mail-chain" in m["subject"]]
+    assert sorted(m["rcpt_tos"][0] for m in messages) == sorted(RECIPIENTS)
+    assert {m["message_id"] for m in messages} == {r.message_id for r in rows}
+    # Three more copies of the run's run-completed event, as a crashed publisher could send.
+    (row, *_) = rows
+    event = {
+        "run_id": row.run_id,
+        "subscription_id": "mail-chain",
+        "slot": row.slot.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "reason": "manual",
+        "succeeded": True,
+        "completed_at": row.slot.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "counts": {"succeeded": 1, "failed": 0, "skipped": 0, "lost": 0},
+    }
+    for _ in range(3):
+        stack.gcloud_publish("dispatcher-run-completed", json.dumps(event))
+    time.sleep(5)  # what a duplicate would need to come through: nothing more arrives
+    assert len([m for m in sink.messages() if "mail-chain" in m["subject"]]) == 2
+    assert len(_rows(emails, "mail-chain")) == 2
+    assert stored.id == "mail-chain"
 
 
 def test_after_run_alert_reaches_every_recipient_once_with_its_message_id(

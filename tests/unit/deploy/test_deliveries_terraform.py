@@ -13,8 +13,9 @@ def test_email_queue_equals_the_email_settings_of_each_environment(environment: 
         environ={"DISPATCHER_ENV": environment, "DISPATCHER_SMTP_PASSWORD": "x"},
         config_dir=ROOT,
     )
+    name = tfvars(environment).get("email_queue_name", variables()["email_queue_name"]["default"])
+    assert name == email.queue
     assert queue == {
-        "name": email.queue,
         "max_dispatches_per_second": email.max_dispatches_per_second,
         "max_concurrent_dispatches": email.max_concurrent_dispatches,
         "max_attempts": email.max_attempts,
