@@ -11,6 +11,8 @@ retries included.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -222,3 +224,47 @@ def test_a_permanent_refusal_is_failed_with_the_reason_and_not_retried(
     time.sleep(7)
     assert [r.attempts for r in _rows(emails, "mail-550")] == [1, 1]
     assert sink.messages() == []
+
+
+def test_deliver_killed_mid_send_is_retried_and_the_duplicate_has_the_same_message_id(
+    stack: StackHandle, firestore_client: Any, emails: EmailLedger, sink: Sink
+) -> None:
+    stored = _subscription(stack, firestore_client, "mail-kill")
+    stored = StoredSubscription(
+        stored.id,
+        {**stored.data, "deliveries": [{**stored.data["deliveries"][0], "to": RECIPIENTS[:1]}]},
+    )
+    firestore_client.collection("subscriptions").document(stored.id).set(dict(stored.data))
+    # The sink keeps the message, then holds its 250 (shorter than the 2 s SMTP timeout): the
+    # deliver process is SIGKILLed in that hold, after the email left, before `sent`.
+    sink.control(delay_reply_seconds=1.5)
+    _plan(stack, emails, stored, _slot())
+    wait_for(
+        lambda: [m for m in sink.messages() if "mail-kill" in m["subject"]],
+        timeout=60,
+        interval=0.05,
+        message="the message to reach the sink",
+    )
+    for pid in stack.stack.component_pids("fn-deliver"):
+        os.kill(pid, signal.SIGKILL)
+    sink.control(delay_reply_seconds=0)
+    leader = stack.stack.processes["fn-deliver"].popen
+    assert leader is not None
+    leader.wait(timeout=10)
+    stack.stack.restart_component("fn-deliver")
+    (row,) = _rows(emails, "mail-kill")
+    assert row.state == "sending"
+    # Cloud Tasks retries; within the 30 s sending lease the function answers "later", then
+    # takes the row over and sends again.
+    (row,) = wait_for(
+        lambda: (
+            _rows(emails, "mail-kill") if _rows(emails, "mail-kill")[0].state == "sent" else None
+        ),
+        timeout=180,
+        interval=1.0,
+        message="the retry to resolve the crash window",
+    )
+    assert row.resumed and row.attempts >= 2
+    copies = [m for m in sink.messages() if "mail-kill" in m["subject"]]
+    assert len(copies) == 2
+    assert copies[0]["message_id"] == copies[1]["message_id"] == row.message_id
