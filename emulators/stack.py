@@ -51,13 +51,22 @@ from shared.topology import FUNCTION_NAMES, load_topology
 
 HOST = "127.0.0.1"
 DEFAULT_PROJECT = "dispatcher-local"
-EMULATOR_COMPONENTS = ("pubsub", "firestore", "cloudtasks", "postgres", "collector")
-PORTED_COMPONENTS = (*EMULATOR_COMPONENTS, "cloudtasks-http", *(f"fn-{f}" for f in FUNCTION_NAMES))
+EMULATOR_COMPONENTS = ("pubsub", "firestore", "cloudtasks", "postgres", "collector", "smtp-sink")
+# Functions that are HTTP targets of Cloud Tasks rather than push targets in topics.yaml.
+TASK_FUNCTIONS = ("deliver",)
+SERVED_FUNCTIONS = (*FUNCTION_NAMES, *TASK_FUNCTIONS)
+PORTED_COMPONENTS = (
+    *EMULATOR_COMPONENTS,
+    "cloudtasks-http",
+    "smtp-sink-http",
+    *(f"fn-{f}" for f in SERVED_FUNCTIONS),
+)
 # Stop the producers first so nothing pushes into a component that is already gone.
 STOP_ORDER = (
     "scheduler",
-    *(f"fn-{f}" for f in FUNCTION_NAMES),
+    *(f"fn-{f}" for f in SERVED_FUNCTIONS),
     "collector",
+    "smtp-sink",
     "cloudtasks",
     "pubsub",
     "firestore",
@@ -119,6 +128,11 @@ class LocalStack:
     def collector_records(self) -> Path:
         return self.state_dir / "collector.jsonl"
 
+    @property
+    def smtp_records(self) -> Path:
+        """Every message the SMTP sink accepted, one JSON line each (the local mailbox)."""
+        return self.state_dir / "smtp-sink.jsonl"
+
     # -- up --------------------------------------------------------------------------------
     def up(self) -> dict[str, str]:
         """Start everything, wait until ready, apply topics and queues; return the stack env.
@@ -174,6 +188,11 @@ class LocalStack:
             "DISPATCHER_OIDC_CERTS_URL": f"http://{HOST}:{p['cloudtasks-http']}/certs",
             "DATABASE_URL": f"postgresql://postgres@{HOST}:{p['postgres']}/dispatcher",
             "COLLECTOR_URL": f"http://{HOST}:{p['collector']}/collect",
+            # The SMTP sink: where the deliver function sends, and where people look.
+            "DISPATCHER_SMTP_HOST": HOST,
+            "DISPATCHER_SMTP_PORT": str(p["smtp-sink"]),
+            "SMTP_SINK_URL": f"http://{HOST}:{p['smtp-sink-http']}",
+            "DISPATCHER_DELIVER_URL": f"http://{HOST}:{p['fn-deliver']}/",
             "CLOUDSDK_API_ENDPOINT_OVERRIDES_PUBSUB": f"http://{pubsub}/",
             "CLOUDSDK_AUTH_DISABLE_CREDENTIALS": "true",
             "CLOUDSDK_CORE_PROJECT": self.options.project,
@@ -273,6 +292,24 @@ class LocalStack:
             env,
             ready=http_ready(f"http://{HOST}:{p['collector']}/healthz"),
         )
+        self._start(
+            "smtp-sink",
+            [
+                sys.executable,
+                "-m",
+                "emulators.smtp_sink",
+                "--host",
+                HOST,
+                "--port",
+                str(p["smtp-sink"]),
+                "--http-port",
+                str(p["smtp-sink-http"]),
+                "--record-file",
+                str(self.smtp_records),
+            ],
+            env,
+            ready=http_ready(f"http://{HOST}:{p['smtp-sink-http']}/healthz"),
+        )
         self._start_postgres()
 
     def _start_postgres(self) -> None:
@@ -318,7 +355,7 @@ class LocalStack:
         framework = shutil.which("functions-framework", path=str(Path(sys.executable).parent))
         if framework is None:
             raise StackError("functions-framework is not installed in this environment")
-        for function in FUNCTION_NAMES:
+        for function in SERVED_FUNCTIONS:
             name = f"fn-{function}"
             port = self.ports[name]
             # gunicorn (under functions-framework) puts its control socket in XDG_RUNTIME_DIR,
@@ -370,7 +407,9 @@ class LocalStack:
                 "pid": process.pid,
                 "port": port,
                 "log": str(process.log_path),
-                "url": f"http://{HOST}:{port}" if port else "",
+                "url": (f"smtp://{HOST}:{port}" if name == "smtp-sink" else f"http://{HOST}:{port}")
+                if port
+                else "",
             }
             self._write_record()
 
@@ -407,7 +446,15 @@ class LocalStack:
             finally:
                 subscriber.close()
                 publisher.transport.close()
-            apply_queues(load_settings(environ=env))
+            settings = load_settings(environ=env)
+            apply_queues(settings)
+            # The email queue is not a source kind (app.toml [email]); same limits shape.
+            from dataclasses import replace as _replace
+
+            from shared.email_settings import load_email_settings
+
+            email = load_email_settings(environ=env).queue_config()
+            apply_queues(_replace(settings, queues={email.kind: email}))
 
     def component_pids(self, name: str) -> list[int]:
         """Every live process of one component (benchmarks account CPU per component).

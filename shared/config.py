@@ -38,6 +38,12 @@ class Env:
     DEPENDENCY_TIMEOUT = "DISPATCHER_DEPENDENCY_TIMEOUT_SECONDS"
     DEPENDENCY_RETRY_BUDGET = "DISPATCHER_DEPENDENCY_RETRY_BUDGET_SECONDS"
     MAX_TICK_SKEW = "DISPATCHER_MAX_TICK_SKEW_SECONDS"
+    # Email deliveries (shared/email_settings.py). The password only ever from the environment:
+    # production maps the Secret Manager secret onto it (terraform/deliver.tf).
+    SMTP_HOST = "DISPATCHER_SMTP_HOST"
+    SMTP_PORT = "DISPATCHER_SMTP_PORT"
+    SMTP_PASSWORD = "DISPATCHER_SMTP_PASSWORD"
+    DELIVER_URL = "DISPATCHER_DELIVER_URL"
 
 
 class ConfigError(ValueError):

@@ -3,9 +3,9 @@
 ``validate("due.v1.json", payload)`` returns nothing or raises
 :class:`~shared.errors.SchemaValidationError` carrying the JSON path, the failing rule, the schema
 location and the shortened offending value of the most relevant violation, plus every violation in
-``issues``. Rules JSON Schema cannot express (unique source ids, ends_at after starts_at, the
-collector task repeating its dispatch key consistently) are checked after the schema, reported the
-same way with rule ``x-consistency``.
+``issues``. Rules JSON Schema cannot express (unique source ids, ends_at after starts_at, unique
+delivery ids and recipients, the collector task repeating its dispatch key consistently) are
+checked after the schema, reported the same way with rule ``x-consistency``.
 
 Formats are asserted, not just annotated: ``date-time`` (RFC 3339 with an offset), and the
 project's own ``iana-time-zone`` and ``cron``. ``pattern`` follows ECMA-262, where ``$`` matches
@@ -43,6 +43,7 @@ CONTRACTS = (
     "subscription.v1.json",
     "result.v1.json",
     "run-completed.v1.json",
+    "email-task.v1.json",
 )
 CONSISTENCY_RULE = "x-consistency"
 _MAX_ISSUES = 50
@@ -97,6 +98,18 @@ def _is_cron(instance: object) -> bool:
         CronSim(instance, datetime(2000, 1, 1, tzinfo=UTC))
     except CronSimError as exc:
         raise ValueError(str(exc)) from exc
+    return True
+
+
+@format_checker.checks("email-address", raises=ValueError)
+def _is_email_address(instance: object) -> bool:
+    # A format rather than a pattern so that the refusal reads as a reason, not as a regex.
+    from shared.subscription import EMAIL, MAX_EMAIL_LENGTH
+
+    if not isinstance(instance, str):
+        return True
+    if len(instance) > MAX_EMAIL_LENGTH or not EMAIL.match(instance):
+        raise ValueError("not a bare email address (name@domain, no display name or line break)")
     return True
 
 
@@ -253,6 +266,34 @@ def _subscription_checks(doc: Any) -> list[ValidationIssue]:
                 )
             )
         seen.add(source["id"])
+    # Delivery ids are part of every delivery key: two deliveries under one id would share keys
+    # and one of them would never send.
+    delivery_ids: set[str] = set()
+    for index, delivery in enumerate(doc.get("deliveries", [])):
+        if delivery["id"] in delivery_ids:
+            found.append(
+                _consistency(
+                    f"$.deliveries[{index}].id",
+                    delivery["id"],
+                    "duplicate delivery id",
+                    "subscription.v1.json",
+                )
+            )
+        delivery_ids.add(delivery["id"])
+        # Addresses are case-insensitive in practice: "A@x" and "a@x" would be two recipients
+        # (two keys) and the person would get the email twice.
+        lowered: set[str] = set()
+        for position, address in enumerate(delivery["to"]):
+            if address.lower() in lowered:
+                found.append(
+                    _consistency(
+                        f"$.deliveries[{index}].to[{position}]",
+                        address,
+                        "duplicate recipient (addresses compare case-insensitively)",
+                        "subscription.v1.json",
+                    )
+                )
+            lowered.add(address.lower())
     if (
         "starts_at" in doc
         and "ends_at" in doc

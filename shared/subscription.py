@@ -29,9 +29,13 @@ __all__ = [
     "CATCH_UP_POLICIES",
     "DEFAULT_CATCH_UP_MAX_SLOTS",
     "DEFAULT_CATCH_UP_WINDOW",
+    "AfterRun",
     "CatchUp",
     "CatchUpPolicy",
     "CronSchedule",
+    "Delivery",
+    "DeliveryFormat",
+    "DeliverySchedule",
     "EverySchedule",
     "InvalidSubscription",
     "Schedule",
@@ -44,6 +48,7 @@ __all__ = [
 
 CatchUpPolicy: TypeAlias = Literal["skip", "latest", "all"]
 Status: TypeAlias = Literal["active", "expired"]
+DeliveryFormat: TypeAlias = Literal["digest", "alert"]
 
 CATCH_UP_POLICIES: Final[tuple[CatchUpPolicy, ...]] = ("skip", "latest", "all")
 STATUSES: Final[tuple[Status, ...]] = ("active", "expired")
@@ -58,6 +63,9 @@ MAX_EVERY: Final = 31 * 24 * 3600
 MAX_SOURCES: Final = 100
 MAX_NAME_LENGTH: Final = 200
 MAX_JITTER_SECONDS: Final = 59
+MAX_DELIVERIES: Final = 20
+MAX_RECIPIENTS: Final = 50
+DELIVERY_FORMATS: Final[tuple[DeliveryFormat, ...]] = ("digest", "alert")
 
 # The key of the catch-up window inside ``catch_up`` (seconds). One constant so that agreeing on
 # the name with the schema is a one-line change.
@@ -65,6 +73,13 @@ CATCH_UP_WINDOW_KEY: Final = "window"
 
 _SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,98}[a-z0-9])?$")
 _KIND = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+# The same rule as schemas/subscription.v1.json $defs.email: a bare address with no character
+# that could end an SMTP command or a header (CR, LF, comma, angle brackets, quotes, spaces).
+EMAIL = re.compile(
+    r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\Z"
+)
+MAX_EMAIL_LENGTH: Final = 254
 
 _TOP_LEVEL_KEYS: Final = frozenset(
     {
@@ -76,6 +91,7 @@ _TOP_LEVEL_KEYS: Final = frozenset(
         "ends_at",
         "sources",
         "catch_up",
+        "deliveries",
         "jitter_seconds",
         "next_run_at",
         "shard",
@@ -303,6 +319,147 @@ class Source:
 
 
 @dataclass(frozen=True)
+class AfterRun:
+    """A delivery sent after each completed collection run (chained on ``run-completed``)."""
+
+    def to_document(self) -> dict[str, Any]:
+        """The delivery's ``schedule`` object as stored."""
+        return {"after": "run"}
+
+
+#: When a delivery is sent: on its own cron schedule, or after each run.
+DeliverySchedule: TypeAlias = CronSchedule | AfterRun
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One declared delivery: an email ``format`` sent to every address in ``to``.
+
+    Recipients keep the order and spelling given; they are unique ignoring case, because
+    each recipient is part of a delivery key and one person must not get two copies.
+    """
+
+    id: str
+    to: tuple[str, ...]
+    schedule: DeliverySchedule
+    format: DeliveryFormat
+    channel: Literal["email"] = "email"
+
+    @property
+    def after_run(self) -> bool:
+        """Whether the delivery is chained on run completion (not selected by the tick)."""
+        return isinstance(self.schedule, AfterRun)
+
+    @classmethod
+    def from_document(cls, data: object, path: str = "delivery") -> Delivery:
+        """Parse one entry of ``deliveries``."""
+        mapping = _require_mapping(data, path)
+        _reject_unknown(mapping, frozenset({"id", "channel", "to", "schedule", "format"}), path)
+        for required in ("id", "channel", "to", "schedule", "format"):
+            if required not in mapping:
+                raise InvalidSubscription(_join(path, required), "missing")
+        delivery_id = _require_str(mapping["id"], _join(path, "id"))
+        if not _SLUG.match(delivery_id):
+            raise InvalidSubscription(
+                _join(path, "id"),
+                "must be 1-100 of a-z 0-9 _ -, starting and ending with a letter or digit",
+                delivery_id,
+            )
+        if mapping["channel"] != "email":
+            raise InvalidSubscription(
+                _join(path, "channel"), "must be 'email' (the only channel)", mapping["channel"]
+            )
+        delivery_format = mapping["format"]
+        if delivery_format not in DELIVERY_FORMATS:
+            raise InvalidSubscription(
+                _join(path, "format"),
+                f"must be one of {', '.join(DELIVERY_FORMATS)}",
+                delivery_format,
+            )
+        return cls(
+            id=delivery_id,
+            to=_recipients(mapping["to"], _join(path, "to")),
+            schedule=_delivery_schedule(mapping["schedule"], _join(path, "schedule")),
+            format=delivery_format,
+        )
+
+    def to_document(self) -> dict[str, Any]:
+        """The delivery as stored."""
+        return {
+            "id": self.id,
+            "channel": self.channel,
+            "to": list(self.to),
+            "schedule": self.schedule.to_document(),
+            "format": self.format,
+        }
+
+
+def _recipients(value: object, path: str) -> tuple[str, ...]:
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        raise InvalidSubscription(path, "expected a list of email addresses", value)
+    if not 1 <= len(value) <= MAX_RECIPIENTS:
+        raise InvalidSubscription(
+            path, f"must hold 1 to {MAX_RECIPIENTS} addresses", f"{len(value)} addresses"
+        )
+    seen: dict[str, int] = {}
+    for index, address in enumerate(value):
+        where = _join(path, index)
+        text = _require_str(address, where)
+        if len(text) > MAX_EMAIL_LENGTH or not EMAIL.match(text):
+            raise InvalidSubscription(where, "is not a bare email address (name@domain)", text)
+        if text.lower() in seen:
+            raise InvalidSubscription(
+                where,
+                f"duplicate recipient (also {path}[{seen[text.lower()]}], ignoring case)",
+                text,
+            )
+        seen[text.lower()] = index
+    return tuple(value)
+
+
+def _delivery_schedule(value: object, path: str) -> DeliverySchedule:
+    mapping = _require_mapping(value, path)
+    if "after" in mapping:
+        _reject_unknown(mapping, frozenset({"after"}), path)
+        if mapping["after"] != "run":
+            raise InvalidSubscription(_join(path, "after"), "must be 'run'", mapping["after"])
+        return AfterRun()
+    if "cron" in mapping:
+        # Unlike the subscription's own schedule, the zone is required: a digest "at 08:00" in
+        # UTC by accident is a wrong hour for every subscriber.
+        _reject_unknown(mapping, frozenset({"cron", "timezone"}), path)
+        if "timezone" not in mapping:
+            raise InvalidSubscription(path, "needs 'timezone' beside 'cron' (an IANA zone name)")
+        cron = validate_cron(mapping["cron"], _join(path, "cron"))
+        zone_for(mapping["timezone"], _join(path, "timezone"))
+        return CronSchedule(cron=cron, timezone=mapping["timezone"])
+    raise InvalidSubscription(path, "needs {'cron', 'timezone'} or {'after': 'run'}")
+
+
+def _deliveries_from_document(value: object) -> tuple[Delivery, ...]:
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        raise InvalidSubscription("deliveries", "expected a list", value)
+    if len(value) > MAX_DELIVERIES:
+        raise InvalidSubscription(
+            "deliveries", f"must hold at most {MAX_DELIVERIES}", f"{len(value)} deliveries"
+        )
+    deliveries: list[Delivery] = []
+    seen: dict[str, int] = {}
+    for index, item in enumerate(value):
+        path = _join("deliveries", index)
+        delivery = Delivery.from_document(item, path)
+        if delivery.id in seen:
+            raise InvalidSubscription(
+                _join(path, "id"),
+                f"duplicate delivery id (also deliveries[{seen[delivery.id]}])",
+                delivery.id,
+            )
+        seen[delivery.id] = index
+        deliveries.append(delivery)
+    return tuple(deliveries)
+
+
+@dataclass(frozen=True)
 class CatchUp:
     """What to do with slots missed while the dispatcher was down (see ``shared.scheduling``).
 
@@ -379,6 +536,11 @@ class Subscription:
     shard: int | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    deliveries: tuple[Delivery, ...] = ()
+
+    def delivery(self, delivery_id: str) -> Delivery | None:
+        """The declared delivery ``delivery_id``, or ``None``."""
+        return next((d for d in self.deliveries if d.id == delivery_id), None)
 
     @property
     def effective_catch_up(self) -> CatchUp:
@@ -430,6 +592,7 @@ class Subscription:
             if mapping.get("catch_up") is not None
             else None
         )
+        deliveries = _deliveries_from_document(mapping.get("deliveries", []))
         jitter = mapping.get("jitter_seconds")
         if jitter is not None:
             jitter = _require_int(jitter, "jitter_seconds", 0, MAX_JITTER_SECONDS)
@@ -452,6 +615,7 @@ class Subscription:
             shard=shard,
             created_at=_optional_instant(mapping, "created_at"),
             updated_at=_optional_instant(mapping, "updated_at"),
+            deliveries=deliveries,
         )
 
     def to_document(self, *, json_compatible: bool = False) -> dict[str, Any]:
@@ -478,6 +642,8 @@ class Subscription:
             doc["ends_at"] = instant(self.ends_at)
         if self.catch_up is not None:
             doc["catch_up"] = self.catch_up.to_document()
+        if self.deliveries:
+            doc["deliveries"] = [delivery.to_document() for delivery in self.deliveries]
         if self.jitter_seconds is not None:
             doc["jitter_seconds"] = self.jitter_seconds
         if self.next_run_at is not None:

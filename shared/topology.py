@@ -21,7 +21,7 @@ _ACK_DEADLINE_RANGE = (10, 600)
 _BACKOFF_RANGE = (0, 600)
 _DELIVERY_ATTEMPTS_RANGE = (5, 100)
 _RESOURCE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9\-_.~+%]{2,254}$")
-FUNCTION_NAMES = ("select", "fanout", "maintenance", "sync", "results")
+FUNCTION_NAMES = ("select", "fanout", "maintenance", "sync", "results", "plan-deliveries")
 
 
 class TopologyError(ValueError):

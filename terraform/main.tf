@@ -24,7 +24,7 @@ locals {
 
   # The functions that talk to the PostgreSQL ledger: only they get DATABASE_URL and may read
   # the secret (select works on Firestore and Pub/Sub alone).
-  database_functions = toset(["fanout", "maintenance", "sync", "results"])
+  database_functions = toset(["fanout", "maintenance", "sync", "results", "plan-deliveries"])
 
   # The functions that create Cloud Tasks (fanout: one task per source; maintenance: reconcile
   # re-creates tasks the ledger says are missing). They enqueue and act as the collector invoker.

@@ -97,11 +97,12 @@ variable "functions" {
     concurrency     = number
   }))
   default = {
-    select      = { memory = "512Mi", cpu = "1", timeout_seconds = 120, min_instances = 0, max_instances = 5, concurrency = 1 }
-    fanout      = { memory = "512Mi", cpu = "1", timeout_seconds = 60, min_instances = 0, max_instances = 50, concurrency = 1 }
-    maintenance = { memory = "512Mi", cpu = "1", timeout_seconds = 540, min_instances = 0, max_instances = 2, concurrency = 1 }
-    sync        = { memory = "512Mi", cpu = "1", timeout_seconds = 300, min_instances = 0, max_instances = 2, concurrency = 1 }
-    results     = { memory = "512Mi", cpu = "1", timeout_seconds = 60, min_instances = 0, max_instances = 20, concurrency = 1 }
+    select            = { memory = "512Mi", cpu = "1", timeout_seconds = 120, min_instances = 0, max_instances = 5, concurrency = 1 }
+    fanout            = { memory = "512Mi", cpu = "1", timeout_seconds = 60, min_instances = 0, max_instances = 50, concurrency = 1 }
+    maintenance       = { memory = "512Mi", cpu = "1", timeout_seconds = 540, min_instances = 0, max_instances = 2, concurrency = 1 }
+    sync              = { memory = "512Mi", cpu = "1", timeout_seconds = 300, min_instances = 0, max_instances = 2, concurrency = 1 }
+    results           = { memory = "512Mi", cpu = "1", timeout_seconds = 60, min_instances = 0, max_instances = 20, concurrency = 1 }
+    "plan-deliveries" = { memory = "512Mi", cpu = "1", timeout_seconds = 60, min_instances = 0, max_instances = 5, concurrency = 1 }
   }
 }
 

@@ -11,6 +11,7 @@ import sys
 import typer
 
 from shared.cli import (
+    deliveries_cmd,
     dlq_cmd,
     ledger_cmd,
     publish_cmd,
@@ -36,6 +37,7 @@ app.add_typer(schemas_cmd.app, name="schemas")
 app.add_typer(subscriptions_cmd.app, name="subscriptions")
 app.add_typer(dlq_cmd.app, name="dlq")
 app.add_typer(ledger_cmd.app, name="ledger")
+app.add_typer(deliveries_cmd.app, name="deliveries")
 app.command("tick")(publish_cmd.tick)
 app.command("run")(publish_cmd.run)
 app.command("sync")(sync_cmd.sync)

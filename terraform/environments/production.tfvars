@@ -48,13 +48,15 @@ queues = {
 # (bench/capacity.py sized_for; docs/capacity.md): fanout 51 instances x 6 concurrent requests
 # (one vCPU busy while the others wait on Firestore, the ledger and Cloud Tasks), select room for
 # one tick per dispatcher shard. One warm select instance: the tick arrives every minute and a
-# cold start eats into it. Ledger functions x pool (6) = (51 + 2 + 2 + 2) x 6 = 342 <= 400 - 20.
+# cold start eats into it. Ledger functions x pool (6) = (51 + 2 + 2 + 2 + 5) x 6 = 372 <= 400 - 20
+# (fanout, maintenance, sync, results, plan-deliveries).
 functions = {
-  select      = { memory = "512Mi", cpu = "1", timeout_seconds = 120, min_instances = 1, max_instances = 32, concurrency = 1 }
-  fanout      = { memory = "512Mi", cpu = "1", timeout_seconds = 60, min_instances = 0, max_instances = 51, concurrency = 6 }
-  maintenance = { memory = "512Mi", cpu = "1", timeout_seconds = 540, min_instances = 0, max_instances = 2, concurrency = 1 }
-  sync        = { memory = "512Mi", cpu = "1", timeout_seconds = 300, min_instances = 0, max_instances = 2, concurrency = 1 }
-  results     = { memory = "512Mi", cpu = "1", timeout_seconds = 60, min_instances = 0, max_instances = 2, concurrency = 1 }
+  select            = { memory = "512Mi", cpu = "1", timeout_seconds = 120, min_instances = 1, max_instances = 32, concurrency = 1 }
+  fanout            = { memory = "512Mi", cpu = "1", timeout_seconds = 60, min_instances = 0, max_instances = 51, concurrency = 6 }
+  maintenance       = { memory = "512Mi", cpu = "1", timeout_seconds = 540, min_instances = 0, max_instances = 2, concurrency = 1 }
+  sync              = { memory = "512Mi", cpu = "1", timeout_seconds = 300, min_instances = 0, max_instances = 2, concurrency = 1 }
+  results           = { memory = "512Mi", cpu = "1", timeout_seconds = 60, min_instances = 0, max_instances = 2, concurrency = 1 }
+  "plan-deliveries" = { memory = "512Mi", cpu = "1", timeout_seconds = 60, min_instances = 0, max_instances = 5, concurrency = 1 }
 }
 
 tasks_log_sampling_ratio = 0.1

@@ -47,11 +47,12 @@ queues = {
 # Staging runs small: one instance of each function is plenty; fanout keeps production's
 # concurrency so the pool size and threads are exercised as in production.
 functions = {
-  select      = { memory = "512Mi", cpu = "1", timeout_seconds = 120, min_instances = 0, max_instances = 2, concurrency = 1 }
-  fanout      = { memory = "512Mi", cpu = "1", timeout_seconds = 60, min_instances = 0, max_instances = 5, concurrency = 6 }
-  maintenance = { memory = "512Mi", cpu = "1", timeout_seconds = 540, min_instances = 0, max_instances = 1, concurrency = 1 }
-  sync        = { memory = "512Mi", cpu = "1", timeout_seconds = 300, min_instances = 0, max_instances = 1, concurrency = 1 }
-  results     = { memory = "512Mi", cpu = "1", timeout_seconds = 60, min_instances = 0, max_instances = 1, concurrency = 1 }
+  select            = { memory = "512Mi", cpu = "1", timeout_seconds = 120, min_instances = 0, max_instances = 2, concurrency = 1 }
+  fanout            = { memory = "512Mi", cpu = "1", timeout_seconds = 60, min_instances = 0, max_instances = 5, concurrency = 6 }
+  maintenance       = { memory = "512Mi", cpu = "1", timeout_seconds = 540, min_instances = 0, max_instances = 1, concurrency = 1 }
+  sync              = { memory = "512Mi", cpu = "1", timeout_seconds = 300, min_instances = 0, max_instances = 1, concurrency = 1 }
+  results           = { memory = "512Mi", cpu = "1", timeout_seconds = 60, min_instances = 0, max_instances = 1, concurrency = 1 }
+  "plan-deliveries" = { memory = "512Mi", cpu = "1", timeout_seconds = 60, min_instances = 0, max_instances = 1, concurrency = 1 }
 }
 
 tasks_log_sampling_ratio = 1.0

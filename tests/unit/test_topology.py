@@ -26,14 +26,13 @@ def test_the_shipped_topology_declares_the_five_topics_with_their_dead_letters()
         "dispatcher-maintenance",
         "dispatcher-sync",
         "dispatcher-results",
-    ]
-    [event] = topology.events
-    assert (event.name, event.publisher, event.subscription) == (
         "dispatcher-run-completed",
-        "results",
-        "dispatcher-run-completed-tap",
-    )
-    assert (project_root() / "schemas" / event.schema).is_file()
+    ]
+    # run-completed has its consumer (plan-deliveries), so it is a topic, not a tapped event.
+    assert topology.events == ()
+    example = parse_topology({**RAW, "events": {"dispatcher-example": EXAMPLE_EVENT}})
+    assert [(e.name, e.publisher) for e in example.events] == [("dispatcher-example", "results")]
+    assert topology.for_function("plan-deliveries").name == "dispatcher-run-completed"
     for spec in topology.topics:
         assert spec.dead_letter.topic == f"{spec.name}-dlq"
         assert spec.dead_letter.subscription == f"{spec.name}-dlq-sub"
@@ -46,8 +45,20 @@ def test_the_shipped_topology_declares_the_five_topics_with_their_dead_letters()
     )
 
 
+# The loader's rules for events, checked on one declared here: the shipped file has none now
+# (run-completed became a topic when plan-deliveries started consuming it).
+EXAMPLE_EVENT = {
+    "description": "an event with no consumer of ours",
+    "schema": "run-completed.v1.json",
+    "publisher": "results",
+    "subscription": "dispatcher-example-tap",
+    "retention_days": 7,
+}
+
+
 def _broken(path: list[str], value: Any) -> dict[str, Any]:
     raw = copy.deepcopy(RAW)
+    raw["events"] = {"dispatcher-example": copy.deepcopy(EXAMPLE_EVENT)}
     node = raw
     for key in path[:-1]:
         node = node[key]
@@ -117,21 +128,21 @@ def _broken(path: list[str], value: Any) -> dict[str, Any]:
             "not a 5-field cron",
         ),
         (
-            ["events", "dispatcher-run-completed", "publisher"],
+            ["events", "dispatcher-example", "publisher"],
             "resultz",
-            "events.dispatcher-run-completed.publisher",
+            "events.dispatcher-example.publisher",
             "is not one of",
         ),
         (
-            ["events", "dispatcher-run-completed", "schema"],
+            ["events", "dispatcher-example", "schema"],
             "run-completed.v9.json",
-            "events.dispatcher-run-completed.schema",
+            "events.dispatcher-example.schema",
             "does not exist",
         ),
         (
-            ["events", "dispatcher-run-completed", "retention_days"],
+            ["events", "dispatcher-example", "retention_days"],
             8,
-            "events.dispatcher-run-completed.retention_days",
+            "events.dispatcher-example.retention_days",
             "outside the allowed range",
         ),
     ],

@@ -16,7 +16,7 @@ from emulators.postgres import PostgresServer
 from shared.ledger.migrate import migrate
 from shared.ledger.repository import Ledger, open_pool
 
-LEDGER_TABLES = ("dispatches", "runs", "subscriptions_mirror")
+LEDGER_TABLES = ("dispatches", "runs", "subscriptions_mirror", "email_deliveries")
 
 
 @pytest.fixture(scope="session")

@@ -45,10 +45,17 @@ def migrations(tmp_path: Path) -> Path:
 
 
 def test_applies_the_ledger_and_records_flyway_history(fresh_database: str) -> None:
-    assert migrate(fresh_database) == ["1", "2"]
-    assert {"runs", "dispatches", "subscriptions_mirror", "run_overview"} <= _tables(fresh_database)
-    first, second = _history(fresh_database)
+    assert migrate(fresh_database) == ["1", "2", "3"]
+    assert {
+        "runs",
+        "dispatches",
+        "subscriptions_mirror",
+        "run_overview",
+        "email_deliveries",
+    } <= _tables(fresh_database)
+    first, second, third = _history(fresh_database)
     assert second[:5] == (2, "2", "task outcomes", "SQL", "V2__task_outcomes.sql")
+    assert third[:5] == (3, "3", "email deliveries", "SQL", "V3__email_deliveries.sql")
     (rank, version, description, kind, script, checksum, by, ms, success) = first
     assert (rank, version, description, kind, script) == (
         1,
@@ -85,7 +92,7 @@ def test_history_table_has_flyways_columns(fresh_database: str) -> None:
 
 
 def test_second_run_applies_nothing(fresh_database: str) -> None:
-    assert migrate(fresh_database) == ["1", "2"]
+    assert migrate(fresh_database) == ["1", "2", "3"]
     first = _history(fresh_database)
     assert migrate(fresh_database) == []
     assert _history(fresh_database) == first
@@ -185,7 +192,7 @@ def test_concurrent_runners_are_serialised(fresh_database: str, migrations: Path
 
 def test_command_line_entry(fresh_database: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([fresh_database]) == 0
-    assert capsys.readouterr().out.strip() == "applied: 1, 2"
+    assert capsys.readouterr().out.strip() == "applied: 1, 2, 3"
     assert main([fresh_database]) == 0
     assert capsys.readouterr().out.strip() == "up to date"
 

@@ -34,6 +34,7 @@ FUNCTIONS = {
     "maintenance": ("shared.usecases.maintenance", "run_maintenance", "maintenance"),
     "sync": ("shared.usecases.sync", "sync_subscriptions", "sync"),
     "results": ("shared.usecases.results", "record_result", "result"),
+    "plan-deliveries": ("shared.usecases.plan_deliveries", "plan_deliveries", "run-completed"),
 }
 
 
