@@ -142,11 +142,15 @@ def test_every_key_succeeds_and_every_run_completes_once_with_results_tripled_an
     wait(stack, lambda: len(events(stack, "loop-")) >= 4 or None, "4 run-completed events")
     duplicates_delivered = wait(
         stack,
-        lambda: c if sum((c := recorded_results(stack, "loop-")).values()) >= 8 * 6 else None,
+        lambda: (
+            c if len(c := recorded_results(stack, "loop-")) == 8 and min(c.values()) >= 6 else None
+        ),
         "every copy of every result recorded",
     )
-    # 2 outcomes (started, succeeded) x 3 copies per key reached the results function.
-    assert set(duplicates_delivered.values()) == {6}
+    # 2 outcomes (started, succeeded) x 3 copies per key reached the results function (a copy
+    # that met another instance publishing the run's event is sent back once, hence ">=").
+    assert len(duplicates_delivered) == 8
+    assert min(duplicates_delivered.values()) >= 6
     received = events(stack, "loop-")
     assert received == {r["subscription_id"]: {r["completion_message_id"]} for r in completed}
     assert [m for m in stack.pull(RESULTS_DLQ) if b'"loop-' in m.data] == []
