@@ -36,6 +36,7 @@ class Env:
     DEPENDENCY_TIMEOUT = "DISPATCHER_DEPENDENCY_TIMEOUT_SECONDS"
     DEPENDENCY_RETRY_BUDGET = "DISPATCHER_DEPENDENCY_RETRY_BUDGET_SECONDS"
     MAX_TICK_SKEW = "DISPATCHER_MAX_TICK_SKEW_SECONDS"
+    SNAPSHOT_MAX_AGE = "DISPATCHER_SNAPSHOT_MAX_AGE_SECONDS"
 
 
 class ConfigError(ValueError):
@@ -108,6 +109,10 @@ class Settings:
     # How far ahead of the clock a tick's explicit ``time`` may be before select refuses it
     # (a typo'd year would otherwise move every due next_run_at that far ahead).
     max_tick_skew_seconds: float = 300.0
+    # fanout trusts the subscription snapshot select put in a schedule / catch-up due message
+    # for this long after select read it; older (or manual / replay) messages read Firestore.
+    # 0 turns the snapshot off (every message reads Firestore).
+    snapshot_max_age_seconds: float = 300.0
 
     def max_attempts_for(self, kind: str) -> int:
         """The queue's max attempts for a source kind (``-1``: unlimited; unknown kind: -1, so
@@ -190,6 +195,11 @@ def _build(environment: str, raw: Mapping[str, Any], environ: Mapping[str, str])
     skew = float(environ.get(Env.MAX_TICK_SKEW) or core.get("max_tick_skew_seconds", 300.0))
     if skew < 0:
         raise ConfigError(f"dispatcher.max_tick_skew_seconds: {skew} is negative")
+    snapshot_age = float(
+        environ.get(Env.SNAPSHOT_MAX_AGE) or core.get("snapshot_max_age_seconds", 300.0)
+    )
+    if snapshot_age < 0:
+        raise ConfigError(f"dispatcher.snapshot_max_age_seconds: {snapshot_age} is negative")
     verify_env = environ.get(Env.PUSH_AUTH_VERIFY)
     outcomes = raw.get("outcomes", {})
     lost_after = float(outcomes.get("lost_after_minutes", 120)) * 60
@@ -237,6 +247,7 @@ def _build(environment: str, raw: Mapping[str, Any], environ: Mapping[str, str])
         lost_after_seconds=lost_after,
         completion_lease_seconds=float(outcomes.get("completion_lease_seconds", 60)),
         max_tick_skew_seconds=skew,
+        snapshot_max_age_seconds=snapshot_age,
     )
 
 
