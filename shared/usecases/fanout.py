@@ -221,7 +221,7 @@ class DispatchLedger(Protocol):
 
 @dataclass(frozen=True)
 class FanoutDependencies:
-    """Everything fanout talks to (real ones from :func:`shared.dal.fanout_dependencies`)."""
+    """Everything fanout talks to (real ones from :func:`shared.wiring.fanout_dependencies`)."""
 
     settings: Settings
     store: SubscriptionReader
@@ -262,7 +262,7 @@ def fanout(
     payload: dict[str, Any],
     message: PushMessage,
     *,
-    deps: FanoutDependencies | None = None,
+    deps: FanoutDependencies,
 ) -> FanoutResult:
     """Create one Cloud Task per source of the due subscription, exactly once per dispatch key.
 
@@ -271,10 +271,6 @@ def fanout(
     :class:`~shared.errors.RetryableError` when a dependency failed or a task could not be
     created for a reason a retry may change.
     """
-    if deps is None:
-        from shared.dal import fanout_dependencies
-
-        deps = fanout_dependencies()
     subscription_id = str(payload["subscription_id"])
     now = deps.clock()
     slot = _slot_of(payload, message, now)

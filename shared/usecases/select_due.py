@@ -171,7 +171,7 @@ class DuePublisher(Protocol):
 
 @dataclass(frozen=True)
 class SelectDependencies:
-    """Everything select talks to (real ones from :func:`shared.dal.select_dependencies`)."""
+    """Everything select talks to (real ones from :func:`shared.wiring.select_dependencies`)."""
 
     settings: Settings
     store: SubscriptionDueStore
@@ -228,7 +228,7 @@ def select_due(
     payload: dict[str, Any],
     message: PushMessage,
     *,
-    deps: SelectDependencies | None = None,
+    deps: SelectDependencies,
 ) -> SelectResult:
     """Select the due subscriptions of a tick and publish their due messages (module docstring).
 
@@ -237,10 +237,6 @@ def select_due(
     and :class:`~shared.errors.RetryableError` when Firestore or Pub/Sub
     failed -- after every shard has finished, so the other shards' work is kept.
     """
-    if deps is None:
-        from shared.dal import select_dependencies
-
-        deps = select_dependencies()
     settings = deps.settings
     now = deps.clock()
     tick = tick_time_of(payload, message, now)
