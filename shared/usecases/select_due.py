@@ -411,18 +411,17 @@ def _encode(body: dict[str, Any], snapshot: dict[str, Any] | None) -> bytes:
     :data:`MAX_SNAPSHOT_MESSAGE_BYTES` and satisfies the contract, else without (fanout then
     reads Firestore, as before). The message is valid either way: fanout's contract check must
     never dead-letter a due message because of what select added."""
-    plain = json.dumps(body, separators=(",", ":")).encode()
-    if snapshot is None:
-        return plain
-    try:
-        data = json.dumps({**body, "subscription": snapshot}, separators=(",", ":")).encode()
-    except (TypeError, ValueError):  # a params value JSON cannot carry
-        return plain
-    if len(data) > MAX_SNAPSHOT_MESSAGE_BYTES:
-        return plain
-    if get_contract("due.v1.json").issues(json.loads(data)):
-        return plain
-    return data
+    if snapshot is not None:
+        try:
+            data = json.dumps({**body, "subscription": snapshot}, separators=(",", ":")).encode()
+        except (TypeError, ValueError):  # a params value JSON cannot carry
+            pass
+        else:
+            if len(data) <= MAX_SNAPSHOT_MESSAGE_BYTES and not get_contract("due.v1.json").issues(
+                json.loads(data)
+            ):
+                return data
+    return json.dumps(body, separators=(",", ":")).encode()
 
 
 def _log_plan(subscription: Subscription, plan: TickPlan, dry_run: bool) -> None:
