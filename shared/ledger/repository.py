@@ -14,7 +14,9 @@ What a :class:`Claim` tells fanout to do:
 
 fanout makes two round trips per due message: :meth:`Ledger.start_run` records the run and
 claims every source's key in **one statement** (a data-modifying CTE), and
-:meth:`Ledger.mark_dispatches` marks every create's outcome in **one statement**. The claim
+:meth:`Ledger.mark_dispatches` marks every create's outcome in **one statement**, both in
+autocommit mode (a single statement is atomic alone; no ``BEGIN`` / ``COMMIT`` round trips
+around it). The claim
 semantics are those of :meth:`Ledger.record_run` + :meth:`Ledger.claim_dispatches` (which stay,
 for reconcile, the CLI and tests):
 
@@ -34,8 +36,8 @@ import json
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, Literal
@@ -394,6 +396,25 @@ class Ledger:
         # The pool's context manager commits on success and rolls back on an exception.
         return self._pool.connection()
 
+    @contextmanager
+    def _autocommit(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection in autocommit mode, for a call made of single statements that
+        need no transaction around them (each is atomic on its own).
+
+        psycopg otherwise opens a transaction with a ``BEGIN`` round trip before the first
+        statement and ends it with a ``COMMIT`` round trip: for fanout's two calls per due
+        message that was four extra round trips. The connection goes back to the pool in its
+        usual mode.
+        """
+        with self._connection() as conn:
+            conn.autocommit = True
+            try:
+                yield conn
+            finally:
+                # On a broken connection this may fail; the pool discards that one anyway.
+                with suppress(psycopg.Error):
+                    conn.autocommit = False
+
     # -- runs ---------------------------------------------------------------------------------
 
     def record_run(
@@ -550,7 +571,9 @@ class Ledger:
         }
         run: RunRef | None = None
         by_source: dict[str, Claim] = {}
-        with self._connection() as conn:
+        # Autocommit: the statement is atomic alone, and the re-read below must see rows
+        # committed after it (READ COMMITTED would give it a fresh snapshot either way).
+        with self._autocommit() as conn:
             for r in conn.execute(_START_RUN, params).fetchall():
                 if r[0] == "run":
                     run = RunRef(r[1], subscription_id, r[4], r[9], recorded=bool(r[11]))
@@ -586,7 +609,7 @@ class Ledger:
         ids = [*created, *(i for i, _ in failed)]
         errors: list[str | None] = [None] * len(created)
         errors.extend(e[:MAX_ERROR_CHARS] for _, e in failed)
-        with self._connection() as conn:
+        with self._autocommit() as conn:
             rows = conn.execute(_MARK_DISPATCHES, (ids, errors)).fetchall()
         marked_created = sum(1 for (state,) in rows if state == "created")
         return marked_created, len(rows) - marked_created

@@ -175,3 +175,15 @@ def test_mark_dispatches_marks_created_and_failed_in_one_statement(
     ).fetchone() == ("created", 1)
     assert ledger.mark_dispatches([], []) == (0, 0)
     assert ledger.mark_dispatches([d]) == (1, 0)
+
+
+def test_the_autocommit_calls_hand_back_ordinary_connections(ledger: Ledger) -> None:
+    """start_run and mark_dispatches skip BEGIN / COMMIT; the pooled connection they used must
+    come back transactional for every other call."""
+    started = ledger.start_run("acme", SLOT, "schedule", [_spec("a")])
+    ledger.mark_dispatches([started.claims[0].dispatch_id])
+    with pytest.raises(LedgerError):
+        ledger.start_run("acme", SLOT, "schedule", [_spec("a"), _spec("a")])
+    for _ in range(ledger.pool.max_size):
+        with ledger.pool.connection() as conn:
+            assert conn.autocommit is False
