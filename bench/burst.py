@@ -119,6 +119,12 @@ def summarize(
         "burst_at_best_s": round(due / bound, 1) if bound else None,
         "burst_if_ours_were_free_s": round(due / stand_ins_bound, 1) if stand_ins_bound else None,
         "burst_vs_best": round(seconds / (due / bound), 2) if bound else None,
+        # Other work on the same machine in the same window (a shared host): the bound with
+        # only the cores it left.
+        "others_cores": cpu.get("others_cores"),
+        "burst_at_best_beside_others_s": round(due / beside, 1)
+        if (beside := cpu.get("cpu_bound_per_second_beside_others"))
+        else None,
         "machine_utilisation": cpu.get("machine_utilisation"),
         "machine": dict(machine),
     }
