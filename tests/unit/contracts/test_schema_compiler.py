@@ -128,7 +128,7 @@ def _variants(draw: st.DrawFn) -> tuple[str, Any]:
     return name, payload
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
 @given(_variants())
 def test_generated_variants_get_the_same_verdict(case: tuple[str, Any]) -> None:
     _agree(*case)
