@@ -245,9 +245,18 @@ class Measured:
 
 
 def _line(one: float, two: float) -> tuple[float, float]:
-    """Fixed and per-task parts of a cost measured at 1 and at 2 sources."""
+    """Fixed and per-task parts of a cost measured at 1 and at 2 sources.
+
+    The line through both points, unless its fixed part would be negative: the two runs then
+    measured different work (the 1-source run predates outcome reporting, whose ledger writes
+    land in PostgreSQL's CPU), and the line goes through the newer 2-source point and the origin
+    instead, never charging less than either measurement.
+    """
     per_task = max(two - one, 0.0)
-    return max(one - per_task, 0.0), per_task
+    fixed = one - per_task
+    if fixed < 0:
+        return 0.0, two / 2
+    return fixed, per_task
 
 
 def load_measured(results: Path = RESULTS) -> Measured:

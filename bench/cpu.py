@@ -31,11 +31,26 @@ from emulators.process import stat_fields
 if TYPE_CHECKING:
     from emulators.stack import LocalStack
 
-__all__ = ["StackCpu", "cpu_report", "emulator_push_rate", "process_cpu_seconds"]
+__all__ = [
+    "StackCpu",
+    "cpu_report",
+    "emulator_push_rate",
+    "host_busy_seconds",
+    "process_cpu_seconds",
+]
 
 # The functions we deploy; every other component stands in for a managed service or a worker.
 OURS_PREFIX = "fn-"
 DRIVER = "bench-driver"
+
+
+def host_busy_seconds(proc: Path = Path("/proc")) -> float:
+    """CPU seconds every core of the machine has been busy since boot (``/proc/stat``): ours,
+    the stand-ins' and everybody else's."""
+    fields = (proc / "stat").read_text().split("\n", 1)[0].split()
+    # cpu user nice system idle iowait irq softirq steal ...
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def process_cpu_seconds(pid: int, proc: Path = Path("/proc")) -> float | None:
@@ -52,6 +67,7 @@ class StackCpu:
 
     stack: LocalStack
     before: dict[str, float] = field(default_factory=dict)
+    host_before: float = 0.0
 
     def sample(self) -> dict[str, float]:
         """CPU seconds so far of every component's live processes, and of this process."""
@@ -69,11 +85,18 @@ class StackCpu:
     def start(self) -> None:
         """Remember where every counter stands."""
         self.before = self.sample()
+        self.host_before = host_busy_seconds()
 
     def report(self, units: int, unit: str, wall_seconds: float) -> dict[str, Any]:
         """What the run since :meth:`start` cost; see :func:`cpu_report`."""
         return cpu_report(
-            self.before, self.sample(), units, unit, wall_seconds, os.cpu_count() or 1
+            self.before,
+            self.sample(),
+            units,
+            unit,
+            wall_seconds,
+            os.cpu_count() or 1,
+            host_busy=host_busy_seconds() - self.host_before,
         )
 
 
@@ -84,6 +107,7 @@ def cpu_report(
     unit: str,
     wall_seconds: float,
     cores: int,
+    host_busy: float | None = None,
 ) -> dict[str, Any]:
     """CPU per component and per unit (a due message, say), and the throughput it allows.
 
@@ -91,6 +115,10 @@ def cpu_report(
     ``cpu_bound_per_second`` is the most units a second these cores could process if the run's
     CPU cost per unit were all that mattered; ``stand_ins_only_per_second`` is the same bound
     counting only the emulators, PostgreSQL and the collector, i.e. with our code for free.
+
+    ``host_busy`` (the whole machine's busy CPU seconds in the same window, if known) tells how
+    much of the cores other work took meanwhile (``others_cpu_seconds``): on a shared machine
+    ``cpu_bound_per_second_beside_others`` is the bound with only the cores that work left.
     """
     spent = {name: max(0.0, after[name] - before.get(name, 0.0)) for name in after}
     total = sum(spent.values())
@@ -110,6 +138,24 @@ def cpu_report(
         "machine_utilisation": round(total / (wall_seconds * cores), 2) if wall_seconds else None,
         "cpu_bound_per_second": round(units * cores / total, 1) if total else None,
         "stand_ins_only_per_second": round(units * cores / stand_ins, 1) if stand_ins else None,
+        **_beside_others(total, units, wall_seconds, cores, host_busy),
+    }
+
+
+def _beside_others(
+    total: float, units: int, wall_seconds: float, cores: int, host_busy: float | None
+) -> dict[str, Any]:
+    if host_busy is None or not wall_seconds:
+        return {}
+    others = max(0.0, host_busy - total)
+    left = cores - others / wall_seconds  # cores' worth other work left to this run
+    return {
+        "host_busy_cpu_seconds": round(host_busy, 2),
+        "others_cpu_seconds": round(others, 2),
+        "others_cores": round(others / wall_seconds, 2),
+        "cpu_bound_per_second_beside_others": round(units * left / total, 1)
+        if total and left > 0
+        else None,
     }
 
 

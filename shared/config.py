@@ -44,6 +44,7 @@ class Env:
     SMTP_PORT = "DISPATCHER_SMTP_PORT"
     SMTP_PASSWORD = "DISPATCHER_SMTP_PASSWORD"
     DELIVER_URL = "DISPATCHER_DELIVER_URL"
+    SNAPSHOT_MAX_AGE = "DISPATCHER_SNAPSHOT_MAX_AGE_SECONDS"
 
 
 class ConfigError(ValueError):
@@ -157,6 +158,10 @@ class Settings:
     # concurrent request. Terraform sizes max instances so that the sum over the ledger
     # functions of max_instances x this stays inside the database's connection budget.
     ledger_pool_max_size: int = 8
+    # fanout trusts the subscription snapshot select put in a schedule / catch-up due message
+    # for this long after select read it; older (or manual / replay) messages read Firestore.
+    # 0 turns the snapshot off (every message reads Firestore).
+    snapshot_max_age_seconds: float = 300.0
 
     def max_attempts_for(self, kind: str) -> int:
         """The queue's max attempts for a source kind (``-1``: unlimited; unknown kind: -1, so
@@ -263,6 +268,11 @@ def _build(environment: str, raw: Mapping[str, Any], environ: Mapping[str, str])
     pool_max_size = int(raw.get("ledger", {}).get("pool_max_size", 8))
     if not 1 <= pool_max_size <= 100:
         raise ConfigError(f"ledger.pool_max_size: {pool_max_size} is outside 1..100")
+    snapshot_age = float(
+        environ.get(Env.SNAPSHOT_MAX_AGE) or core.get("snapshot_max_age_seconds", 300.0)
+    )
+    if snapshot_age < 0:
+        raise ConfigError(f"dispatcher.snapshot_max_age_seconds: {snapshot_age} is negative")
     verify_env = environ.get(Env.PUSH_AUTH_VERIFY)
     outcomes = raw.get("outcomes", {})
     lost_after = float(outcomes.get("lost_after_minutes", 120)) * 60
@@ -311,6 +321,7 @@ def _build(environment: str, raw: Mapping[str, Any], environ: Mapping[str, str])
         completion_lease_seconds=float(outcomes.get("completion_lease_seconds", 60)),
         max_tick_skew_seconds=skew,
         ledger_pool_max_size=pool_max_size,
+        snapshot_max_age_seconds=snapshot_age,
     )
 
 

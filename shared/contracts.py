@@ -31,6 +31,7 @@ from jsonschema.exceptions import ValidationError, best_match, relevance
 from shared.envelope import parse_rfc3339
 from shared.errors import SchemaValidationError, ValidationIssue, preview
 from shared.paths import project_root
+from shared.schema_compiler import compile_schema
 
 #: The contract files, by the name topics.yaml and the CLI use.
 CONTRACTS = (
@@ -149,14 +150,35 @@ class Contract:
         self.schema = schema
         self.id = str(schema.get("$id", name))
         self._validator = _Validator(schema, format_checker=format_checker)
+        # The fast yes (shared.schema_compiler); jsonschema answers everything else.
+        self._fast = compile_schema(
+            schema, pattern=_compile_pattern, format_ok=format_checker.conforms
+        )
 
     @property
     def examples(self) -> list[Any]:
         """The ``examples`` the schema carries (all must be valid)."""
         return list(self.schema.get("examples", []))
 
+    @property
+    def compiled(self) -> bool:
+        """Whether valid payloads are recognised by the compiled checks (the fast path)."""
+        return self._fast is not None
+
+    def is_valid_fast(self, payload: Any) -> bool | None:
+        """The compiled checks' answer: True (valid), False, or None (not compiled)."""
+        if self._fast is None:
+            return None
+        try:
+            return self._fast(payload)
+        except Exception:  # an input the checks did not foresee: let jsonschema judge
+            return False
+
     def issues(self, payload: Any) -> list[ValidationIssue]:
         """Every violation, most relevant first (empty when the payload is valid)."""
+        if self.is_valid_fast(payload):
+            check = _CONSISTENCY_CHECKS.get(self.name)
+            return [] if check is None else check(payload)
         errors = list(self._validator.iter_errors(payload))
         # A property that failed its own rule is also "unevaluated" (failed subschemas evaluate
         # nothing); report the cause, not that echo.

@@ -36,8 +36,10 @@ failed, retry, unexpected error), carrying the event id, topic, function, subscr
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -159,6 +161,33 @@ def _ensure_logging() -> None:
     except Exception:  # logging must come up even when the configuration is broken
         setup_logging()
     _deps.logging_ready = True
+
+
+# The messages after which the process's heap is frozen (:func:`_settle_heap`).
+FREEZE_AFTER_MESSAGES = frozenset({1, 100})
+
+
+class _Heap:
+    lock = threading.Lock()
+    messages = 0
+
+
+def _settle_heap() -> None:
+    """Move everything alive after the first message (and again after the 100th) out of the
+    garbage collector's reach (``gc.freeze``).
+
+    Profiling fanout under load found about a quarter of its CPU in the cyclic garbage
+    collector: every full collection walked the hundreds of thousands of long-lived objects the
+    Google, gRPC and protobuf modules and the clients built on the first message keep, though
+    none of them ever becomes garbage. Frozen objects are never walked again; reference
+    counting still frees them. Only twice, so that request garbage caught in a cycle at that
+    moment stays a bounded, one-off leak.
+    """
+    with _Heap.lock:
+        _Heap.messages += 1
+        due = _Heap.messages in FREEZE_AFTER_MESSAGES
+    if due:
+        gc.freeze()
 
 
 # --- entry points --------------------------------------------------------------------------
@@ -306,6 +335,7 @@ def process_message(
             )
             raise
         logger.info("message processed", extra=_decision("acked", None, started))
+        _settle_heap()
         return Outcome.ACKED
 
 

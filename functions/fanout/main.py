@@ -11,7 +11,7 @@ import flask
 import functions_framework
 
 from shared.handler import handle_push_request
-from shared.usecases.fanout import fanout
+from shared.wiring import fanout
 
 
 @functions_framework.http

@@ -12,7 +12,7 @@ import flask
 import functions_framework
 
 from shared.handler import handle_push_request
-from shared.usecases.results import record_result
+from shared.wiring import record_result
 
 
 @functions_framework.http

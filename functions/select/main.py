@@ -11,7 +11,7 @@ import flask
 import functions_framework
 
 from shared.handler import handle_push_request
-from shared.usecases.select_due import select_due
+from shared.wiring import select
 
 
 @functions_framework.http
@@ -19,5 +19,5 @@ def handle(request: flask.Request) -> tuple[str, int]:
     # The HTTP signature (not @cloud_event) sees every push, even bodies functions-framework's
     # CloudEvent conversion would refuse before our code runs, so those are dead-lettered too.
     return handle_push_request(
-        request, topic="dispatcher-ticks", function="select", use_case=select_due
+        request, topic="dispatcher-ticks", function="select", use_case=select
     )

@@ -2,15 +2,14 @@
 
 The use cases depend on Protocols (see :mod:`shared.usecases.select_due`,
 :mod:`shared.usecases.fanout` and :mod:`shared.ops.store`); one Firestore class
-(:mod:`shared.dal.firestore_store`) implements all three. The real dependencies of select and
-fanout come from :func:`select_dependencies` and :func:`fanout_dependencies`, built lazily on the
-first request of a process and cached; the ops ones from :mod:`shared.ops.runtime`.
-Nothing here creates a client or reads the environment at import time.
+(:mod:`shared.dal.firestore_store`) implements all three. Nothing here imports a use case: the
+use cases import this layer's plain values (:mod:`shared.dal.records`), and
+:mod:`shared.wiring` puts the two together for the functions. Nothing here creates a client or
+reads the environment at import time.
 """
 
 from __future__ import annotations
 
-import functools
 import threading
 from typing import TYPE_CHECKING
 
@@ -26,25 +25,21 @@ if TYPE_CHECKING:
     from shared.dal.firestore_store import FirestoreSubscriptionStore
     from shared.dal.pubsub_publisher import PubSubPublisher
     from shared.ledger.repository import Ledger
-    from shared.usecases.fanout import FanoutDependencies
-    from shared.usecases.results import ResultsDependencies
-    from shared.usecases.select_due import SelectDependencies
 
 __all__ = [
     "DUE_TOPIC",
+    "RUN_COMPLETED_TOPIC",
     "OutboundMessage",
     "StoredSubscription",
     "TaskRequest",
     "completion_publisher",
-    "fanout_dependencies",
     "ledger",
     "make_store",
     "make_task_gateway",
-    "results_dependencies",
-    "select_dependencies",
 ]
 
 DUE_TOPIC = "dispatcher-due"
+RUN_COMPLETED_TOPIC = "dispatcher-run-completed"
 
 
 def make_store(
@@ -106,62 +101,10 @@ def ledger() -> Ledger:
     return _LedgerHolder.ledger
 
 
-@functools.cache
-def select_dependencies() -> SelectDependencies:
-    """The real dependencies of select (clients are still created only on first use)."""
-    from shared import clients
-    from shared.config import get_settings
-    from shared.dal.pubsub_publisher import PubSubPublisher
-    from shared.usecases.select_due import SelectDependencies
-
-    settings = get_settings()
-    return SelectDependencies(
-        settings=settings,
-        store=make_store(settings),
-        publisher=PubSubPublisher(
-            clients.publisher,
-            settings.topic_path(DUE_TOPIC),
-            timeout=settings.publish_timeout_seconds,
-        ),
-    )
-
-
-@functools.cache
-def fanout_dependencies() -> FanoutDependencies:
-    """The real dependencies of fanout (clients are still created only on first use)."""
-    from shared.config import get_settings
-    from shared.dal.ledger_gateway import LedgerGateway
-    from shared.usecases.fanout import FanoutDependencies
-
-    settings = get_settings()
-    return FanoutDependencies(
-        settings=settings,
-        store=make_store(settings),
-        tasks=make_task_gateway(settings),
-        ledger=LedgerGateway(ledger),
-    )
-
-
-@functools.cache
-def results_dependencies() -> ResultsDependencies:
-    """The real dependencies of the results path (clients still created only on first use)."""
-    from shared.config import get_settings
-    from shared.dal.ledger_gateway import LedgerGateway
-    from shared.usecases.results import ResultsDependencies
-
-    settings = get_settings()
-    return ResultsDependencies(
-        settings=settings,
-        ledger=LedgerGateway(ledger),
-        completions=completion_publisher(settings),
-    )
-
-
 def completion_publisher(settings: Settings) -> PubSubPublisher:
     """Publishes run-completed events (the results function and maintenance reconcile)."""
     from shared import clients
     from shared.dal.pubsub_publisher import PubSubPublisher
-    from shared.usecases.results import RUN_COMPLETED_TOPIC
 
     return PubSubPublisher(
         clients.publisher,

@@ -66,6 +66,13 @@ class CloudTasksGateway:
         self._client_factory = client_factory
         self._timeout = timeout
         self._retry_budget = retry_budget
+        # One policy object for every create (it holds settings only, no per-call state).
+        self._retry = gretry.Retry(
+            predicate=gretry.if_exception_type(gexc.ServiceUnavailable, gexc.DeadlineExceeded),
+            initial=0.1,
+            maximum=1.0,
+            timeout=retry_budget,
+        )
 
     def create(self, request: TaskRequest) -> CreateOutcome:
         """Create the task; ALREADY_EXISTS means an earlier attempt did, and is success.
@@ -91,16 +98,10 @@ class CloudTasksGateway:
                 },
             },
         }
-        retry = gretry.Retry(
-            predicate=gretry.if_exception_type(gexc.ServiceUnavailable, gexc.DeadlineExceeded),
-            initial=0.1,
-            maximum=1.0,
-            timeout=self._retry_budget,
-        )
         try:
             self._client_factory().create_task(
                 request={"parent": request.queue, "task": task},
-                retry=retry,
+                retry=self._retry,
                 timeout=self._timeout,
             )
         except gexc.AlreadyExists:

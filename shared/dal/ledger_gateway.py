@@ -17,6 +17,7 @@ from shared.ledger.repository import (
     Ledger,
     LostDispatch,
     OutcomeRecorded,
+    RunClaims,
     RunCompletion,
     RunRef,
     SourceSpec,
@@ -58,6 +59,26 @@ class LedgerGateway:
             "record_run",
             lambda: self._factory().record_run(subscription_id, slot, reason, message_id),
         )
+
+    def start_run(
+        self,
+        subscription_id: str,
+        slot: datetime,
+        reason: str,
+        sources: Sequence[SourceSpec],
+        message_id: str | None = None,
+    ) -> RunClaims:
+        """See :meth:`Ledger.start_run`."""
+        return _guard(
+            "start_run",
+            lambda: self._factory().start_run(subscription_id, slot, reason, sources, message_id),
+        )
+
+    def mark_dispatches(
+        self, created: Sequence[int], failed: Sequence[tuple[int, str]] = ()
+    ) -> tuple[int, int]:
+        """See :meth:`Ledger.mark_dispatches`."""
+        return _guard("mark_dispatches", lambda: self._factory().mark_dispatches(created, failed))
 
     def claim_dispatches(self, run: RunRef, sources: Sequence[SourceSpec]) -> list[Claim]:
         """See :meth:`Ledger.claim_dispatches`."""

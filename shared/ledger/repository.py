@@ -11,6 +11,23 @@ What a :class:`Claim` tells fanout to do:
   (visibly) create the task. Create it again under the *same* task name; ALREADY_EXISTS from
   Cloud Tasks means the earlier attempt did land, and counts as done. (``must_create`` is true.)
 - state ``created``: nothing to do.
+
+fanout makes two round trips per due message: :meth:`Ledger.start_run` records the run and
+claims every source's key in **one statement** (a data-modifying CTE), and
+:meth:`Ledger.mark_dispatches` marks every create's outcome in **one statement**, both in
+autocommit mode (a single statement is atomic alone; no ``BEGIN`` / ``COMMIT`` round trips
+around it). The claim
+semantics are those of :meth:`Ledger.record_run` + :meth:`Ledger.claim_dispatches` (which stay,
+for reconcile, the CLI and tests):
+
+- a CTE's inserts and its reads share one snapshot, so a row a *concurrent* claimer committed
+  while our insert waited on its unique-index entry is neither inserted (ON CONFLICT DO NOTHING)
+  nor seen by the statement's read. Such a key is not lost: it comes back missing from the
+  statement, and only then is it read again in a second statement, whose fresh snapshot sees
+  the winner's committed row (it is then ``claimed=False``, like any key won by someone else).
+  Without a race the second statement never runs;
+- inserts happen in one fixed order (runs first, then dispatches by source id), so concurrent
+  duplicate claimers cannot deadlock on each other's uncommitted index entries.
 """
 
 from __future__ import annotations
@@ -19,8 +36,8 @@ import json
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, Literal
@@ -90,6 +107,15 @@ class Claim:
     def must_create(self) -> bool:
         """Whether the caller has to (re)create the Cloud Task: anything short of ``created``."""
         return self.state != "created"
+
+
+@dataclass(frozen=True)
+class RunClaims:
+    """What :meth:`Ledger.start_run` did: the run (recorded now or before) and one claim per
+    source, in the order the sources were given."""
+
+    run: RunRef
+    claims: list[Claim]
 
 
 @dataclass(frozen=True)
@@ -370,6 +396,25 @@ class Ledger:
         # The pool's context manager commits on success and rolls back on an exception.
         return self._pool.connection()
 
+    @contextmanager
+    def _autocommit(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection in autocommit mode, for a call made of single statements that
+        need no transaction around them (each is atomic on its own).
+
+        psycopg otherwise opens a transaction with a ``BEGIN`` round trip before the first
+        statement and ends it with a ``COMMIT`` round trip: for fanout's two calls per due
+        message that was four extra round trips. The connection goes back to the pool in its
+        usual mode.
+        """
+        with self._connection() as conn:
+            conn.autocommit = True
+            try:
+                yield conn
+            finally:
+                # On a broken connection this may fail; the pool discards that one anyway.
+                with suppress(psycopg.Error):
+                    conn.autocommit = False
+
     # -- runs ---------------------------------------------------------------------------------
 
     def record_run(
@@ -462,10 +507,7 @@ class Ledger:
         """
         if not sources:
             return []
-        ids = [s.source_id for s in sources]
-        if len(set(ids)) != len(ids):
-            duplicates = sorted({i for i in ids if ids.count(i) > 1})
-            raise LedgerError(f"duplicate source ids in one claim: {duplicates}")
+        ids = _distinct_source_ids(sources)
         # Inserting in one fixed order (by source id) keeps two concurrent claimers of the same
         # keys from deadlocking on each other's uncommitted unique-index entries.
         ordered = sorted(sources, key=lambda s: s.source_id)
@@ -489,35 +531,88 @@ class Ledger:
                     [s.queue for s in ordered],
                 ),
             )
-            rows_cur = conn.execute(
-                "SELECT id, run_id, subscription_id, slot, source_id, source_kind, task_name, "
-                "queue, state, attempts "
-                "FROM dispatches "
-                "WHERE subscription_id = %s AND slot = %s AND source_id = ANY(%s)",
-                (run.subscription_id, run.slot, ids),
-            )
+            rows_cur = conn.execute(_READ_CLAIMS, (run.subscription_id, run.slot, ids))
             inserted = {int(r[0]) for r in inserted_cur.fetchall()}
             rows = rows_cur.fetchall()
-        by_source = {
-            str(r[4]): Claim(
-                dispatch_id=r[0],
-                run_id=r[1],
-                subscription_id=r[2],
-                slot=r[3],
-                source_id=r[4],
-                source_kind=r[5],
-                task_name=r[6],
-                queue=r[7],
-                state=r[8],
-                attempts=r[9],
-                claimed=r[0] in inserted,
-            )
-            for r in rows
-        }
+        by_source = {str(r[4]): _claim(r, claimed=r[0] in inserted) for r in rows}
         missing = [i for i in ids if i not in by_source]
         if missing:
             raise LedgerError(f"dispatch rows vanished while claiming: {missing}")
         return [by_source[i] for i in ids]
+
+    def start_run(
+        self,
+        subscription_id: str,
+        slot: datetime,
+        reason: str,
+        sources: Sequence[SourceSpec],
+        message_id: str | None = None,
+    ) -> RunClaims:
+        """Record the run of (subscription, slot) and claim its sources' keys: one statement.
+
+        The same outcome as :meth:`record_run` followed by :meth:`claim_dispatches` (see the
+        module docstring for why a concurrent claimer cannot make it claim a key twice); claims
+        come back in the order of ``sources``.
+        """
+        _require_aware(slot, "slot")
+        if reason not in REASONS:
+            raise LedgerError(f"reason {reason!r} is not one of {sorted(REASONS)}")
+        ids = _distinct_source_ids(sources)
+        ordered = sorted(sources, key=lambda s: s.source_id)
+        params = {
+            "sub": subscription_id,
+            "slot": slot,
+            "reason": reason,
+            "msg": message_id,
+            "ids": [s.source_id for s in ordered],
+            "kinds": [s.source_kind for s in ordered],
+            "names": [s.task_name for s in ordered],
+            "queues": [s.queue for s in ordered],
+        }
+        run: RunRef | None = None
+        by_source: dict[str, Claim] = {}
+        # Autocommit: the statement is atomic alone, and the re-read below must see rows
+        # committed after it (READ COMMITTED would give it a fresh snapshot either way).
+        with self._autocommit() as conn:
+            for r in conn.execute(_START_RUN, params).fetchall():
+                if r[0] == "run":
+                    run = RunRef(r[1], subscription_id, r[4], r[9], recorded=bool(r[11]))
+                else:
+                    by_source[str(r[5])] = _claim(r[1:11], claimed=bool(r[11]))
+            missing = [i for i in ids if i not in by_source]
+            if run is not None and missing:
+                # Keys a concurrent claimer committed after our snapshot: this second
+                # statement sees them (their claim belongs to the other claimer).
+                for r in conn.execute(_READ_CLAIMS, (subscription_id, slot, missing)).fetchall():
+                    by_source[str(r[4])] = _claim(r, claimed=False)
+        if run is None:
+            # A concurrent transaction inserted this very run while we waited on its key and
+            # committed after our snapshot, so nothing was claimed: do it the two-statement way,
+            # whose fresh snapshots see the winner's rows.
+            run = self.record_run(subscription_id, slot, reason, message_id)
+            return RunClaims(run, self.claim_dispatches(run, sources))
+        lost = [i for i in ids if i not in by_source]
+        if lost:
+            raise LedgerError(f"dispatch rows vanished while claiming: {lost}")
+        return RunClaims(run, [by_source[i] for i in ids])
+
+    def mark_dispatches(
+        self, created: Sequence[int], failed: Sequence[tuple[int, str]] = ()
+    ) -> tuple[int, int]:
+        """:meth:`mark_created_many` and :meth:`mark_failed` for many dispatches, one statement.
+
+        ``failed`` pairs each dispatch id with its error. A ``created`` row is never changed
+        (neither re-marked nor downgraded). Returns (rows marked created, rows marked failed).
+        """
+        if not created and not failed:
+            return 0, 0
+        ids = [*created, *(i for i, _ in failed)]
+        errors: list[str | None] = [None] * len(created)
+        errors.extend(e[:MAX_ERROR_CHARS] for _, e in failed)
+        with self._autocommit() as conn:
+            rows = conn.execute(_MARK_DISPATCHES, (ids, errors)).fetchall()
+        marked_created = sum(1 for (state,) in rows if state == "created")
+        return marked_created, len(rows) - marked_created
 
     def run_reasons(self, run_ids: Sequence[int]) -> dict[int, str]:
         """The reason of each run (a run pruned meanwhile is absent), in one query.
@@ -844,6 +939,85 @@ class Ledger:
             return {
                 str(r[0]) for r in conn.execute("SELECT subscription_id FROM subscriptions_mirror")
             }
+
+
+_CLAIM_COLUMNS = (
+    "id, run_id, subscription_id, slot, source_id, source_kind, task_name, queue, state, attempts"
+)
+_READ_CLAIMS = (
+    f"SELECT {_CLAIM_COLUMNS} FROM dispatches "
+    "WHERE subscription_id = %s AND slot = %s AND source_id = ANY(%s)"
+)
+
+# record_run + claim_dispatches as one statement (Ledger.start_run). Rows: one 'run' row (id,
+# slot and reason in the claim columns' places, recorded in the last column) and one 'claim' row
+# per key the statement inserted or saw already stored (claimed in the last column). The CTEs
+# share one snapshot: a plain read cannot see what new_run / new_claims insert, so "inserted"
+# and "stored before" never overlap, and a row committed concurrently after the snapshot is in
+# neither (start_run reads it again).
+_START_RUN = (
+    "WITH new_run AS ("
+    "  INSERT INTO runs (subscription_id, slot, reason, source_message_id) "
+    "  VALUES (%(sub)s, %(slot)s, %(reason)s, %(msg)s) "
+    "  ON CONFLICT (subscription_id, slot) DO NOTHING "
+    "  RETURNING id, slot, reason), "
+    "run AS ("
+    "  SELECT id, slot, reason, true AS recorded FROM new_run "
+    "  UNION ALL "
+    "  SELECT id, slot, reason, false FROM runs "
+    "  WHERE subscription_id = %(sub)s AND slot = %(slot)s), "
+    "new_claims AS ("
+    "  INSERT INTO dispatches (run_id, subscription_id, slot, source_id, source_kind, "
+    "    task_name, queue) "
+    "  SELECT run.id, %(sub)s, %(slot)s, s.source_id, s.source_kind, s.task_name, s.queue "
+    "  FROM run, unnest(%(ids)s::text[], %(kinds)s::text[], %(names)s::text[], "
+    "    %(queues)s::text[]) WITH ORDINALITY AS s(source_id, source_kind, task_name, queue, n) "
+    "  ORDER BY s.n "
+    "  ON CONFLICT (subscription_id, slot, source_id) DO NOTHING "
+    f"  RETURNING {_CLAIM_COLUMNS}) "
+    "SELECT 'run', id, NULL::bigint, NULL::text, slot, NULL::text, NULL::text, NULL::text, "
+    "  NULL::text, reason, NULL::integer, recorded FROM run "
+    f"UNION ALL SELECT 'claim', {_CLAIM_COLUMNS}, true FROM new_claims "
+    f"UNION ALL SELECT 'claim', {_CLAIM_COLUMNS}, false FROM dispatches "
+    "  WHERE subscription_id = %(sub)s AND slot = %(slot)s AND source_id = ANY(%(ids)s)"
+)
+
+# mark_created_many and mark_failed in one statement: a NULL error marks created, any other
+# marks failed (attempts + 1). A created row is left alone either way.
+_MARK_DISPATCHES = (
+    "UPDATE dispatches d SET "
+    "state = CASE WHEN u.error IS NULL THEN 'created' ELSE 'failed' END, "
+    "created_at = CASE WHEN u.error IS NULL THEN now() ELSE d.created_at END, "
+    "attempts = CASE WHEN u.error IS NULL THEN d.attempts ELSE d.attempts + 1 END, "
+    "last_error = coalesce(u.error, d.last_error), updated_at = now() "
+    "FROM unnest(%s::bigint[], %s::text[]) AS u(id, error) "
+    "WHERE d.id = u.id AND d.state <> 'created' "
+    "RETURNING d.state"
+)
+
+
+def _claim(r: Sequence[Any], *, claimed: bool) -> Claim:
+    return Claim(
+        dispatch_id=r[0],
+        run_id=r[1],
+        subscription_id=r[2],
+        slot=r[3],
+        source_id=r[4],
+        source_kind=r[5],
+        task_name=r[6],
+        queue=r[7],
+        state=r[8],
+        attempts=r[9],
+        claimed=claimed,
+    )
+
+
+def _distinct_source_ids(sources: Sequence[SourceSpec]) -> list[str]:
+    ids = [s.source_id for s in sources]
+    if len(set(ids)) != len(ids):
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        raise LedgerError(f"duplicate source ids in one claim: {duplicates}")
+    return ids
 
 
 _DISPATCH_COLUMNS = (

@@ -50,7 +50,7 @@ from shared.usecases.fanout import (
 if TYPE_CHECKING:
     from shared.config import Settings
     from shared.ledger.repository import DispatchRow
-    from shared.usecases.maintenance import JobContext
+    from shared.ops.jobs import JobContext
 
 __all__ = [
     "MAX_CONSECUTIVE_FAILURES",

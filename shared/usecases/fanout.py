@@ -2,8 +2,20 @@
 
 For a due message (subscription, slot):
 
-1. one Firestore read for the subscription; unknown, malformed or without sources → permanent
-   error (dead-lettered with the reason);
+1. the subscription: the snapshot select put in the message (``subscription``: what select read
+   of the document, with ``read_at``) when the message is a ``schedule`` / ``catch-up`` one and
+   the snapshot is younger than ``snapshot_max_age_seconds`` (default 5 min); otherwise (manual,
+   replay, hand-typed or older messages, or ``snapshot_max_age_seconds = 0``) one Firestore
+   read. A scheduled run therefore costs one Firestore read in all: select's. Unknown,
+   malformed or without sources → permanent error (dead-lettered with the reason).
+
+   **Staleness window.** A pause or an edit an operator makes after select read the document
+   is not seen by fanout for a snapshot up to ``snapshot_max_age_seconds`` old: the tasks of
+   that one slot are still created. The collector's worker kit re-checks the subscription when
+   the task executes and reports such a task ``skipped`` (:mod:`shared.worker`), so the cost
+   of the race is a skipped task, not a collection. Reading Firestore in fanout did not close
+   the race either: a pause landing right after fanout's read has the same effect. The next
+   slot is not selected at all (a paused subscription is not due);
 2. what is not dispatched:
 
    * a slot at or after ``ends_at``: never, whatever the reason (no zombie jobs); an
@@ -18,12 +30,15 @@ For a due message (subscription, slot):
      operator.
 
 3. the run is recorded and every source's dispatch key (subscription id, slot, source id) is
-   claimed in the ledger (``INSERT ... ON CONFLICT DO NOTHING``); a key already ``created`` is
-   done, anything else (won now, or claimed/failed by an earlier attempt) is (re)created;
-4. the tasks are created concurrently under names derived from the dispatch keys
-   (:mod:`shared.dispatch_key`); ALREADY_EXISTS means an earlier attempt landed and counts as
-   created; successes are marked ``created``, failures ``failed`` (attempts + 1, the reason in
-   ``last_error``), all after every create was attempted. Then:
+   claimed in the ledger (``INSERT ... ON CONFLICT DO NOTHING``), in one statement
+   (:meth:`~shared.ledger.repository.Ledger.start_run`); a key already ``created`` is done,
+   anything else (won now, or claimed/failed by an earlier attempt) is (re)created;
+4. the tasks are created concurrently (a process-wide thread pool) under names derived from the
+   dispatch keys (:mod:`shared.dispatch_key`); ALREADY_EXISTS means an earlier attempt landed
+   and counts as created; successes are marked ``created``, failures ``failed`` (attempts + 1,
+   the reason in ``last_error``), all in one statement after every create was attempted
+   (:meth:`~shared.ledger.repository.Ledger.mark_dispatches`): two ledger round trips per due
+   message. Then:
 
    * any **transient** failure (unavailable, timeout): the message is retried
      (:class:`~shared.errors.RetryableError`); the redelivery finds the created ones done and
@@ -52,7 +67,8 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -71,7 +87,7 @@ from shared.errors import (
     UnknownSubscriptionError,
 )
 from shared.instants import format_instant, format_slot
-from shared.ledger.repository import Claim, RunRef, SourceSpec
+from shared.ledger.repository import Claim, RunClaims, RunRef, SourceSpec
 from shared.scheduling import floor_minute, jitter_offset
 from shared.subscription import InvalidSubscription, Source, Subscription
 
@@ -90,12 +106,15 @@ __all__ = [
     "build_task_request",
     "fanout",
     "skip_reason",
+    "snapshot_usable",
 ]
 
 logger = logging.getLogger(__name__)
 
 _MAX_CREATE_WORKERS: Final = 16
 _SCHEDULED_REASONS: Final = frozenset({"schedule", "catch-up"})
+# Snapshot fields about the snapshot itself, not part of the subscription document.
+_SNAPSHOT_ONLY: Final = frozenset({"read_at", "updated_at"})
 #: The furthest ahead Cloud Tasks accepts a task's schedule time (documented quota).
 MAX_SCHEDULE_AHEAD: Final = timedelta(days=30)
 
@@ -181,28 +200,28 @@ class TaskGateway(Protocol):
 class DispatchLedger(Protocol):
     """The ledger calls fanout makes (see :class:`shared.ledger.repository.Ledger`)."""
 
-    def record_run(
-        self, subscription_id: str, slot: datetime, reason: str, message_id: str | None = None
-    ) -> RunRef:
-        """Record (or find) the run of (subscription, slot)."""
+    def start_run(
+        self,
+        subscription_id: str,
+        slot: datetime,
+        reason: str,
+        sources: Sequence[SourceSpec],
+        message_id: str | None = None,
+    ) -> RunClaims:
+        """Record (or find) the run of (subscription, slot) and claim every source's dispatch
+        key, in one round trip."""
         ...
 
-    def claim_dispatches(self, run: RunRef, sources: Sequence[SourceSpec]) -> list[Claim]:
-        """Claim every source's dispatch key in one round trip."""
-        ...
-
-    def mark_created_many(self, dispatch_ids: Sequence[int]) -> int:
-        """Mark dispatches created."""
-        ...
-
-    def mark_failed(self, dispatch_id: int, error: str) -> bool:
-        """Mark one dispatch failed (attempts + 1)."""
+    def mark_dispatches(
+        self, created: Sequence[int], failed: Sequence[tuple[int, str]] = ()
+    ) -> tuple[int, int]:
+        """Mark dispatches created, and others failed (attempts + 1), in one round trip."""
         ...
 
 
 @dataclass(frozen=True)
 class FanoutDependencies:
-    """Everything fanout talks to (real ones from :func:`shared.dal.fanout_dependencies`)."""
+    """Everything fanout talks to (real ones from :func:`shared.wiring.fanout_dependencies`)."""
 
     settings: Settings
     store: SubscriptionReader
@@ -219,6 +238,8 @@ class FanoutResult:
     slot: datetime
     reason: str
     skipped: str | None = None
+    # Where the subscription came from: "snapshot" (the due message's) or "firestore".
+    subscription_read: str | None = None
     created: list[str] = field(default_factory=list)
     already_done: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
@@ -241,7 +262,7 @@ def fanout(
     payload: dict[str, Any],
     message: PushMessage,
     *,
-    deps: FanoutDependencies | None = None,
+    deps: FanoutDependencies,
 ) -> FanoutResult:
     """Create one Cloud Task per source of the due subscription, exactly once per dispatch key.
 
@@ -250,10 +271,6 @@ def fanout(
     :class:`~shared.errors.RetryableError` when a dependency failed or a task could not be
     created for a reason a retry may change.
     """
-    if deps is None:
-        from shared.dal import fanout_dependencies
-
-        deps = fanout_dependencies()
     subscription_id = str(payload["subscription_id"])
     now = deps.clock()
     slot = _slot_of(payload, message, now)
@@ -265,13 +282,8 @@ def fanout(
         "reason": reason,
     }
 
-    doc = deps.store.get(subscription_id)
-    if doc is None:
-        raise UnknownSubscriptionError(subscription_id)
-    try:
-        subscription = Subscription.from_document(doc.id, doc.data)
-    except InvalidSubscription as exc:
-        raise InvalidSubscriptionDocumentError(subscription_id, exc) from exc
+    subscription, result.subscription_read = _subscription(deps, payload, reason, now)
+    log["subscription_read"] = result.subscription_read
 
     skip = skip_reason(subscription, slot, reason)
     if skip is not None:
@@ -310,8 +322,10 @@ def fanout(
         result.skipped = "dry-run"
         return result
 
-    run = deps.ledger.record_run(subscription_id, slot, reason, message.message_id or None)
-    claims = deps.ledger.claim_dispatches(run, specs)
+    started: RunClaims = deps.ledger.start_run(
+        subscription_id, slot, reason, specs, message.message_id or None
+    )
+    run, claims = started.run, started.claims
     todo = [c for c in claims if c.must_create]
     result.already_done = [c.source_id for c in claims if not c.must_create]
 
@@ -334,13 +348,12 @@ def fanout(
         else:
             created_ids.append(claim.dispatch_id)
             result.created.append(claim.source_id)
-    if created_ids:
-        deps.ledger.mark_created_many(created_ids)
     # The ledger shows every failure with its reason before the message is retried or
     # dead-lettered: it is where an operator looks first (dispatcher status, ledger dispatches).
-    for claim, failure in [*errors, *rejections]:
-        deps.ledger.mark_failed(claim.dispatch_id, failure.message)
-        result.failed.append(claim.source_id)
+    failed = [(claim.dispatch_id, failure.message) for claim, failure in [*errors, *rejections]]
+    result.failed.extend(claim.source_id for claim, _ in [*errors, *rejections])
+    if created_ids or failed:
+        deps.ledger.mark_dispatches(created_ids, failed)
 
     logger.info(
         "subscription %s, slot %s: %d task(s) created, %d already done, %d failed",
@@ -374,6 +387,48 @@ def fanout(
             refused,
         ) from refused
     return result
+
+
+def _subscription(
+    deps: FanoutDependencies, payload: Mapping[str, Any], reason: str, now: datetime
+) -> tuple[Subscription, str]:
+    """The subscription to dispatch and where it came from (``snapshot`` or ``firestore``)."""
+    subscription_id = str(payload["subscription_id"])
+    snapshot = payload.get("subscription")
+    if isinstance(snapshot, Mapping) and snapshot_usable(
+        snapshot, reason, now, deps.settings.snapshot_max_age_seconds
+    ):
+        data = {k: v for k, v in snapshot.items() if k not in _SNAPSHOT_ONLY}
+        try:
+            return Subscription.from_document(subscription_id, data), "snapshot"
+        except InvalidSubscription as exc:
+            raise InvalidSubscriptionDocumentError(subscription_id, exc) from exc
+    doc = deps.store.get(subscription_id)
+    if doc is None:
+        raise UnknownSubscriptionError(subscription_id)
+    try:
+        return Subscription.from_document(doc.id, doc.data), "firestore"
+    except InvalidSubscription as exc:
+        raise InvalidSubscriptionDocumentError(subscription_id, exc) from exc
+
+
+def snapshot_usable(
+    snapshot: Mapping[str, Any], reason: str, now: datetime, max_age_seconds: float
+) -> bool:
+    """Whether fanout may use a due message's snapshot instead of reading Firestore (module
+    doc, 1.): a ``schedule`` / ``catch-up`` message whose snapshot was read at most
+    ``max_age_seconds`` ago (a ``read_at`` as far in the future counts as stale too: clocks
+    differ a little, not by minutes)."""
+    if reason not in _SCHEDULED_REASONS or max_age_seconds <= 0:
+        return False
+    text = snapshot.get("read_at")
+    if not isinstance(text, str):
+        return False
+    try:
+        read_at = parse_rfc3339(text)
+    except ValueError:
+        return False
+    return abs((now - read_at).total_seconds()) <= max_age_seconds
 
 
 def skip_reason(subscription: Subscription, slot: datetime, reason: str) -> str | None:
@@ -499,10 +554,26 @@ def _create_all(
         except (RetryableError, TaskRejectedError) as exc:
             return exc
 
-    if len(requests) == 1:
-        return [one(requests[0])]
-    with ThreadPoolExecutor(min(len(requests), _MAX_CREATE_WORKERS), "fanout-create") as pool:
-        futures: list[Future[object | RetryableError | TaskRejectedError]] = [
-            pool.submit(contextvars.copy_context().run, one, r) for r in requests
-        ]
-        return [f.result() for f in futures]
+    # All but the first go to the process-wide pool; the first is created on this thread
+    # meanwhile (a thread of its own would only add a hand-off).
+    pool = _create_pool()
+    futures: list[Future[object | RetryableError | TaskRejectedError]] = [
+        pool.submit(contextvars.copy_context().run, one, r) for r in requests[1:]
+    ]
+    return [one(requests[0]), *(f.result() for f in futures)]
+
+
+class _Pool:
+    lock = threading.Lock()
+    executor: ThreadPoolExecutor | None = None
+
+
+def _create_pool() -> ThreadPoolExecutor:
+    """The process-wide pool of create threads, started on first use and kept (a pool per
+    message cost a thread start and join per task). Its tasks never wait on the pool itself,
+    so concurrent messages sharing it cannot deadlock; they only queue behind each other."""
+    if _Pool.executor is None:
+        with _Pool.lock:
+            if _Pool.executor is None:
+                _Pool.executor = ThreadPoolExecutor(_MAX_CREATE_WORKERS, "fanout-create")
+    return _Pool.executor

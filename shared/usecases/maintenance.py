@@ -19,46 +19,26 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from datetime import timedelta
+from typing import Any
 
 from shared.dal.records import StoreConflict, StoredSubscription
 from shared.envelope import PushMessage
 from shared.errors import InvalidRequestError
 from shared.ops import runtime
+from shared.ops.jobs import JobContext
+from shared.ops.reconcile import reconcile_stuck
 from shared.ops.store import SubscriptionStore, iter_all
 from shared.ops.subscriptions import recomputed_next_run
 from shared.subscription import InvalidSubscription, Subscription, shard_for
 
-if TYPE_CHECKING:
-    from shared.config import Settings
-    from shared.ledger.repository import Ledger
-    from shared.usecases.fanout import TaskGateway
+__all__ = ["JOBS", "JobContext", "run_job", "run_maintenance"]
 
 logger = logging.getLogger(__name__)
 
 JOBS = ("expire", "prune-ledger", "reconcile", "recompute-next-run")
 DEFAULT_EXPIRE_LIMIT = 10_000
 DEFAULT_RECONCILE_MINUTES = 60
-
-
-@dataclass
-class JobContext:
-    """What a job needs; the real ones come from :mod:`shared.ops.runtime`."""
-
-    settings: Settings
-    now: datetime
-    store_factory: Callable[[], SubscriptionStore]
-    ledger_factory: Callable[[], Ledger]
-    dry_run: bool = False
-    counts: dict[str, int] = field(default_factory=dict)
-    # Only reconcile creates tasks; the gateway is built on first use.
-    tasks_factory: Callable[[], TaskGateway] = runtime.tasks
-
-    def count(self, key: str, n: int = 1) -> None:
-        """Add ``n`` to counter ``key``."""
-        self.counts[key] = self.counts.get(key, 0) + n
 
 
 def run_maintenance(payload: dict[str, Any], message: PushMessage) -> None:
@@ -223,8 +203,6 @@ def _recompute_one(store: SubscriptionStore, doc: StoredSubscription, ctx: JobCo
 
 
 def _reconcile(arguments: Mapping[str, Any], ctx: JobContext) -> None:
-    from shared.ops.reconcile import reconcile_stuck
-
     minutes = int(arguments.get("older_than_minutes", DEFAULT_RECONCILE_MINUTES))
     lost_after = arguments.get("lost_after_seconds")
     reconcile_stuck(

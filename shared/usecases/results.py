@@ -26,9 +26,10 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, Protocol
+from typing import Any, Protocol
 
 from shared.config import Settings
+from shared.dal import RUN_COMPLETED_TOPIC
 from shared.dal.records import OutboundMessage
 from shared.envelope import PushMessage, parse_rfc3339
 from shared.errors import InvalidRequestError, PermanentError, RetryableError, preview
@@ -51,8 +52,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-RUN_COMPLETED_TOPIC: Final = "dispatcher-run-completed"
 
 
 class UnknownDispatchError(PermanentError):
@@ -111,7 +110,7 @@ class CompletionPublisher(Protocol):
 
 @dataclass(frozen=True)
 class ResultsDependencies:
-    """Everything the results path talks to (real ones: :func:`shared.dal.results_dependencies`)."""
+    """Everything the results path talks to (real: :func:`shared.wiring.results_dependencies`)."""
 
     settings: Settings
     ledger: ResultsLedger
@@ -123,13 +122,11 @@ def record_result(
     payload: dict[str, Any],
     message: PushMessage,
     *,
-    deps: ResultsDependencies | None = None,
+    deps: ResultsDependencies,
 ) -> OutcomeRecorded:
-    """Record one task outcome and publish its run's completion if this made the run complete."""
-    if deps is None:
-        from shared.dal import results_dependencies
+    """Record one task outcome and publish its run's completion if this made the run complete.
 
-        deps = results_dependencies()
+    The function's real dependencies come from :mod:`shared.wiring`."""
     key = payload["dispatch_key"]
     subscription_id, source_id = str(key["subscription_id"]), str(key["source_id"])
     slot = floor_minute(_instant(str(key["slot"]), "$.dispatch_key.slot"))

@@ -7,7 +7,11 @@ Pub/Sub keeps across redeliveries, so a redelivered tick is the same tick):
    (``next_run_at <= T``, active, not paused), a page at a time;
 2. for each document, :func:`shared.scheduling.plan_tick` decides which slots to publish
    (``schedule`` / ``catch-up``), which to drop (catch-up policy, logged) and the next
-   ``next_run_at`` (``None``: expired);
+   ``next_run_at`` (``None``: expired). Each due message carries the snapshot of the document
+   select read (``subscription``: name, schedule, sources, ends_at, jitter, its update time and
+   ``read_at``), so fanout need not read it again (one Firestore read per due subscription;
+   the staleness window is documented in :mod:`shared.usecases.fanout`). A snapshot that would
+   make the message larger than :data:`MAX_SNAPSHOT_MESSAGE_BYTES` is left out;
 3. the page's due messages are published and **every** publish future is waited on; a failure
    raises :class:`~shared.errors.RetryableError` before any document of that page is written;
 4. the page's planned documents are advanced together (one BatchWrite per page, not atomic),
@@ -72,14 +76,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 from shared.config import Settings
+from shared.contracts import get_contract
 from shared.dal.records import Advance, OutboundMessage, StoredSubscription
 from shared.envelope import PushMessage, parse_rfc3339
 from shared.errors import InvalidRequestError, PermanentError, RetryableError
-from shared.instants import format_slot
+from shared.instants import format_instant, format_slot
 from shared.scheduling import TickPlan, plan_tick
 from shared.subscription import InvalidSubscription, Subscription
 
 __all__ = [
+    "MAX_SNAPSHOT_MESSAGE_BYTES",
     "DuePublisher",
     "SelectDependencies",
     "SelectResult",
@@ -92,6 +98,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _MAX_SHARD_WORKERS = 8
+#: A due message carries the subscription snapshot only up to this size (Pub/Sub takes 10 MB,
+#: the functions refuse more than max_payload_bytes, 64 KiB by default); a larger subscription
+#: is sent without it and fanout reads the document.
+MAX_SNAPSHOT_MESSAGE_BYTES = 16 * 1024
 
 _T = TypeVar("_T")
 
@@ -161,7 +171,7 @@ class DuePublisher(Protocol):
 
 @dataclass(frozen=True)
 class SelectDependencies:
-    """Everything select talks to (real ones from :func:`shared.dal.select_dependencies`)."""
+    """Everything select talks to (real ones from :func:`shared.wiring.select_dependencies`)."""
 
     settings: Settings
     store: SubscriptionDueStore
@@ -218,7 +228,7 @@ def select_due(
     payload: dict[str, Any],
     message: PushMessage,
     *,
-    deps: SelectDependencies | None = None,
+    deps: SelectDependencies,
 ) -> SelectResult:
     """Select the due subscriptions of a tick and publish their due messages (module docstring).
 
@@ -227,10 +237,6 @@ def select_due(
     and :class:`~shared.errors.RetryableError` when Firestore or Pub/Sub
     failed -- after every shard has finished, so the other shards' work is kept.
     """
-    if deps is None:
-        from shared.dal import select_dependencies
-
-        deps = select_dependencies()
     settings = deps.settings
     now = deps.clock()
     tick = tick_time_of(payload, message, now)
@@ -306,6 +312,7 @@ def _select_shard(ctx: _Tick, shard: int) -> SelectResult:
 
 def _process_page(ctx: _Tick, page: Sequence[StoredSubscription], result: SelectResult) -> None:
     deps, tick, dry_run, tick_id = ctx.deps, ctx.time, ctx.dry_run, ctx.tick_id
+    read_at = format_instant(deps.clock())
     planned: list[tuple[StoredSubscription, Subscription, TickPlan]] = []
     outbound: list[OutboundMessage] = []
     for doc in page:
@@ -324,18 +331,20 @@ def _process_page(ctx: _Tick, page: Sequence[StoredSubscription], result: Select
             continue
         plan = plan_tick(subscription, subscription.next_run_at, tick)
         planned.append((doc, subscription, plan))
+        snapshot = _snapshot(subscription, doc, read_at) if plan.publish else None
         for slot in plan.publish:
-            body = {
+            body: dict[str, Any] = {
                 "subscription_id": subscription.id,
                 "slot": format_slot(slot.slot),
                 "reason": slot.reason,
             }
             if tick_id:
                 body["tick_id"] = tick_id[:200]
+            data = _encode(body, snapshot)
             result.messages.append(body)
             outbound.append(
                 OutboundMessage(
-                    data=json.dumps(body, separators=(",", ":")).encode(),
+                    data=data,
                     attributes={"subscription_id": subscription.id, "slot": body["slot"]},
                 )
             )
@@ -376,6 +385,43 @@ def _process_page(ctx: _Tick, page: Sequence[StoredSubscription], result: Select
             )
         else:
             result.advanced += 1
+
+
+def _snapshot(subscription: Subscription, doc: StoredSubscription, read_at: str) -> dict[str, Any]:
+    """What fanout needs of the document, as select read it (due.v1.json ``subscription``)."""
+    snapshot: dict[str, Any] = {
+        "read_at": read_at,
+        "name": subscription.name,
+        "status": subscription.status,
+        "paused": subscription.paused,
+        "schedule": subscription.schedule.to_document(),
+        "sources": [source.to_document() for source in subscription.sources],
+    }
+    if doc.update_time is not None:
+        snapshot["updated_at"] = format_instant(doc.update_time)
+    if subscription.ends_at is not None:
+        snapshot["ends_at"] = format_instant(subscription.ends_at)
+    if subscription.jitter_seconds is not None:
+        snapshot["jitter_seconds"] = subscription.jitter_seconds
+    return snapshot
+
+
+def _encode(body: dict[str, Any], snapshot: dict[str, Any] | None) -> bytes:
+    """The due message's bytes: with the snapshot when it keeps the message within
+    :data:`MAX_SNAPSHOT_MESSAGE_BYTES` and satisfies the contract, else without (fanout then
+    reads Firestore, as before). The message is valid either way: fanout's contract check must
+    never dead-letter a due message because of what select added."""
+    if snapshot is not None:
+        try:
+            data = json.dumps({**body, "subscription": snapshot}, separators=(",", ":")).encode()
+        except (TypeError, ValueError):  # a params value JSON cannot carry
+            pass
+        else:
+            if len(data) <= MAX_SNAPSHOT_MESSAGE_BYTES and not get_contract("due.v1.json").issues(
+                json.loads(data)
+            ):
+                return data
+    return json.dumps(body, separators=(",", ":")).encode()
 
 
 def _log_plan(subscription: Subscription, plan: TickPlan, dry_run: bool) -> None:

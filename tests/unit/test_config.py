@@ -166,7 +166,7 @@ def test_shard_queue_names_never_collide_with_another_kinds_queue(tmp_path: Path
 def test_the_ledger_pool_size_comes_from_the_environments_file(tmp_path: Path) -> None:
     assert load_settings(environ={}).ledger_pool_max_size == 8
     production = load_settings(environ={"DISPATCHER_ENV": "production"})
-    assert production.ledger_pool_max_size == 6
+    assert production.ledger_pool_max_size == 7  # = fanout's concurrency in production.tfvars
     base = (project_root() / "app.toml").read_text()
     (tmp_path / "app.toml").write_text(base.replace("pool_max_size = 8", "pool_max_size = 0"))
     with pytest.raises(ConfigError, match=r"ledger\.pool_max_size: 0"):

@@ -152,7 +152,9 @@ def _runs(core: Core, ids: list[str]) -> list[RunRow]:
     return [run for sid in ids for run in core.ledger.runs_for(sid, limit=100)]
 
 
-def test_select_reads_only_due_documents_and_fanout_reads_one_per_message(core: Core) -> None:
+def test_select_reads_only_due_documents_and_fanout_reads_none_for_scheduled_ones(
+    core: Core,
+) -> None:
     tick = utc("2026-01-05T09:00")
     n = core.settings.shard_count
     later = {"every": 3600}
@@ -190,8 +192,19 @@ def test_select_reads_only_due_documents_and_fanout_reads_one_per_message(core: 
     assert core.store.queries == n
     messages = core.pull_due(10)
     core.store.reset()
-    core.fan_out(messages)
-    assert core.store.gets == 10 and core.store.query_reads == 0
+    results = core.fan_out(messages)
+    # One Firestore read per due subscription in all: select's. fanout uses the snapshot the
+    # scheduled messages carry...
+    assert core.store.gets == 0 and core.store.query_reads == 0
+    assert {r.subscription_read for r in results} == {"snapshot"}
+    assert_exactly_once(core, "rc-", keys_for_due(tick))
+    # ...and reads the document for a replay (nothing more is dispatched).
+    core.store.reset()
+    replays = core.fan_out(
+        [({**payload, "reason": "replay"}, f"{mid}-r") for payload, mid in messages]
+    )
+    assert core.store.gets == 10
+    assert {r.subscription_read for r in replays} == {"firestore"}
     assert_exactly_once(core, "rc-", keys_for_due(tick))
     print(f"\nseeded {len(docs)} documents in {seeded:.1f}s")
 

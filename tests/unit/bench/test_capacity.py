@@ -66,11 +66,16 @@ def test_the_model_reads_its_per_message_figures_from_the_local_measurements() -
     one = _json("pipeline.json")["rounds"][0]["pipeline"]  # type: ignore[index]
     one_cpu = one["cpu"]["cpu_ms_per_due_message"]
     assert measured.select_ms == burst["fn-select"]
-    # The straight line through the 1-source and 2-source runs reproduces both measurements.
-    assert math.isclose(measured.fanout_ms(1), one_cpu["fn-fanout"])
+    # The line reproduces the 2-source burst, and the 1-source run where the two runs agree on a
+    # non-negative fixed part; where they do not, it charges at least the 1-source figure.
     assert math.isclose(measured.fanout_ms(2), burst["fn-fanout"])
-    assert math.isclose(measured.ledger_ms(1), one_cpu["postgres"])
     assert math.isclose(measured.ledger_ms(2), burst["postgres"])
+    for cost, one_run in (
+        (measured.fanout_ms(1), one_cpu["fn-fanout"]),
+        (measured.ledger_ms(1), one_cpu["postgres"]),
+    ):
+        fits = math.isclose(cost, one_run)
+        assert fits or cost > one_run
     assert measured.fanout_latency_ms == one["fanout_median_ms"]
     assert all(source.startswith("bench/results/") for source in measured.sources.values())
 

@@ -83,3 +83,15 @@ def test_machine_bounds_compare_the_whole_run_with_cpu_and_the_fanout_phase_with
     assert bounds["fanout_phase_messages_per_second"] == 80.0
     assert bounds["push_bound_messages_per_second"] == 100.0
     assert bounds["share_of_push_bound"] == 0.8
+
+
+def test_other_work_on_the_machine_shrinks_the_bound_to_the_cores_it_left() -> None:
+    before = {"fn-fanout": 0.0, "firestore": 0.0}
+    after = {"fn-fanout": 5.0, "firestore": 5.0}
+    report = cpu_report(before, after, 100, "due_message", 10.0, 2, host_busy=15.0)
+    assert report["others_cpu_seconds"] == 5.0
+    assert report["others_cores"] == 0.5
+    # 10 CPU seconds for 100 units on the 1.5 cores left: 15 units a second
+    assert report["cpu_bound_per_second_beside_others"] == 15.0
+    assert report["cpu_bound_per_second"] == 20.0
+    assert "others_cores" not in cpu_report(before, after, 100, "due_message", 10.0, 2)

@@ -24,7 +24,7 @@ from shared.dal.records import (
 )
 from shared.envelope import PushMessage
 from shared.errors import DependencyUnavailableError, TaskRejectedError
-from shared.ledger.repository import Claim, DispatchRow, RunRef, SourceSpec
+from shared.ledger.repository import Claim, DispatchRow, RunClaims, RunRef, SourceSpec
 
 BASE_VERSION = datetime(2020, 1, 1, tzinfo=UTC)
 
@@ -249,6 +249,8 @@ class FakeLedger:
     runs: dict[tuple[str, datetime], RunRef] = field(default_factory=dict)
     rows: dict[tuple[str, datetime, str], _Row] = field(default_factory=dict)
     ids: Any = field(default_factory=lambda: itertools.count(1))
+    # start_run and mark_dispatches calls: fanout's round trips to the ledger.
+    round_trips: int = 0
 
     def record_run(
         self, subscription_id: str, slot: datetime, reason: str, message_id: str | None = None
@@ -283,6 +285,27 @@ class FakeLedger:
             self.rows[key] = _Row(claim)
             claims.append(claim)
         return claims
+
+    def start_run(
+        self,
+        subscription_id: str,
+        slot: datetime,
+        reason: str,
+        sources: Sequence[SourceSpec],
+        message_id: str | None = None,
+    ) -> RunClaims:
+        run = self.record_run(subscription_id, slot, reason, message_id)
+        self.round_trips += 1
+        return RunClaims(run, self.claim_dispatches(run, sources))
+
+    def mark_dispatches(
+        self, created: Sequence[int], failed: Sequence[tuple[int, str]] = ()
+    ) -> tuple[int, int]:
+        self.round_trips += 1
+        return (
+            self.mark_created_many(created),
+            sum(1 for dispatch_id, error in failed if self.mark_failed(dispatch_id, error)),
+        )
 
     def _by_id(self, dispatch_id: int) -> _Row:
         return next(r for r in self.rows.values() if r.claim.dispatch_id == dispatch_id)

@@ -27,13 +27,14 @@ from tests.unit.contracts.conftest import EVENTS, push_body
 from tests.unit.contracts.recorder import DEAD_LETTERS
 
 ROOT = Path(__file__).resolve().parents[3]
-# function -> (module holding its use case, use case name, golden contract directory)
+# function -> (module main.py takes its use case from, its name, golden contract directory);
+# select, fanout and results take theirs from the composition root (shared.wiring).
 FUNCTIONS = {
-    "select": ("shared.usecases.select_due", "select_due", "tick"),
-    "fanout": ("shared.usecases.fanout", "fanout", "due"),
+    "select": ("shared.wiring", "select", "tick"),
+    "fanout": ("shared.wiring", "fanout", "due"),
     "maintenance": ("shared.usecases.maintenance", "run_maintenance", "maintenance"),
     "sync": ("shared.usecases.sync", "sync_subscriptions", "sync"),
-    "results": ("shared.usecases.results", "record_result", "result"),
+    "results": ("shared.wiring", "record_result", "result"),
     "plan-deliveries": ("shared.usecases.plan_deliveries", "plan_deliveries", "run-completed"),
 }
 

@@ -1,0 +1,97 @@
+"""The composition root: the functions' use cases on their real dependencies.
+
+The layers import downwards only: ``functions/<name>/main.py`` → this module → the use cases
+(:mod:`shared.usecases`) and the data-access adapters (:mod:`shared.dal`); the use cases import
+the adapters' plain values (:mod:`shared.dal.records`), never the adapters' factories, and
+:mod:`shared.dal` imports no use case. (Before, the use cases fetched their default
+dependencies from :mod:`shared.dal`, which imported the use cases' dependency classes: a
+circle.)
+
+Each ``*_dependencies`` is built on the first request of a process and cached; clients are
+created on first use, so importing this module makes no network call and reads no environment.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from shared.dal import DUE_TOPIC, completion_publisher, ledger, make_store, make_task_gateway
+from shared.envelope import PushMessage
+from shared.usecases.fanout import FanoutDependencies, FanoutResult
+from shared.usecases.fanout import fanout as _fanout
+from shared.usecases.results import ResultsDependencies
+from shared.usecases.results import record_result as _record_result
+from shared.usecases.select_due import SelectDependencies, SelectResult, select_due
+
+__all__ = [
+    "fanout",
+    "fanout_dependencies",
+    "record_result",
+    "results_dependencies",
+    "select",
+    "select_dependencies",
+]
+
+
+@functools.cache
+def select_dependencies() -> SelectDependencies:
+    """The real dependencies of select (clients are still created only on first use)."""
+    from shared import clients
+    from shared.config import get_settings
+    from shared.dal.pubsub_publisher import PubSubPublisher
+
+    settings = get_settings()
+    return SelectDependencies(
+        settings=settings,
+        store=make_store(settings),
+        publisher=PubSubPublisher(
+            clients.publisher,
+            settings.topic_path(DUE_TOPIC),
+            timeout=settings.publish_timeout_seconds,
+        ),
+    )
+
+
+@functools.cache
+def fanout_dependencies() -> FanoutDependencies:
+    """The real dependencies of fanout (clients are still created only on first use)."""
+    from shared.config import get_settings
+    from shared.dal.ledger_gateway import LedgerGateway
+
+    settings = get_settings()
+    return FanoutDependencies(
+        settings=settings,
+        store=make_store(settings),
+        tasks=make_task_gateway(settings),
+        ledger=LedgerGateway(ledger),
+    )
+
+
+@functools.cache
+def results_dependencies() -> ResultsDependencies:
+    """The real dependencies of the results path (clients still created only on first use)."""
+    from shared.config import get_settings
+    from shared.dal.ledger_gateway import LedgerGateway
+
+    settings = get_settings()
+    return ResultsDependencies(
+        settings=settings,
+        ledger=LedgerGateway(ledger),
+        completions=completion_publisher(settings),
+    )
+
+
+def select(payload: dict[str, Any], message: PushMessage) -> SelectResult:
+    """The ``select`` function's use case: :func:`~shared.usecases.select_due.select_due`."""
+    return select_due(payload, message, deps=select_dependencies())
+
+
+def fanout(payload: dict[str, Any], message: PushMessage) -> FanoutResult:
+    """The ``fanout`` function's use case: :func:`~shared.usecases.fanout.fanout`."""
+    return _fanout(payload, message, deps=fanout_dependencies())
+
+
+def record_result(payload: dict[str, Any], message: PushMessage) -> object:
+    """The ``results`` function's use case: :func:`~shared.usecases.results.record_result`."""
+    return _record_result(payload, message, deps=results_dependencies())
