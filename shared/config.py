@@ -208,11 +208,7 @@ def load_settings(
 ) -> Settings:
     """Parse configuration files and environment into :class:`Settings`."""
     environ = os.environ if environ is None else environ
-    environment = environ.get(Env.ENVIRONMENT, "local")
-    directory = config_dir or Path(environ.get(Env.CONFIG_DIR) or project_root())
-    merged = _read_toml(directory / "app.toml", required=True)
-    if environment != "local":
-        _deep_merge(merged, _read_toml(directory / f"app.{environment}.toml", required=True))
+    environment, directory, merged = read_config_files(environ, config_dir)
     try:
         settings = _build(environment, merged, environ)
     except (KeyError, TypeError, ValueError) as exc:
@@ -220,6 +216,19 @@ def load_settings(
             raise
         raise ConfigError(f"configuration in {directory}: {exc}") from exc
     return replace(settings, **overrides) if overrides else settings
+
+
+def read_config_files(
+    environ: Mapping[str, str], config_dir: Path | None = None
+) -> tuple[str, Path, dict[str, Any]]:
+    """The environment's name, the config directory, and ``app.toml`` with
+    ``app.<environment>.toml`` merged over it (the one reading every settings object shares)."""
+    environment = environ.get(Env.ENVIRONMENT, "local")
+    directory = config_dir or Path(environ.get(Env.CONFIG_DIR) or project_root())
+    merged = _read_toml(directory / "app.toml", required=True)
+    if environment != "local":
+        _deep_merge(merged, _read_toml(directory / f"app.{environment}.toml", required=True))
+    return environment, directory, merged
 
 
 @functools.cache

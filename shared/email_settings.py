@@ -13,8 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from shared.config import ConfigError, Env, QueueConfig, _deep_merge, _read_toml
-from shared.paths import project_root
+from shared.config import ConfigError, Env, QueueConfig, read_config_files
 
 SmtpTls = Literal["none", "starttls", "implicit"]
 # One SMTP conversation is about this many blocking socket operations (connect, EHLO,
@@ -65,11 +64,7 @@ def load_email_settings(
 ) -> EmailSettings:
     """Parse ``[email]`` from the configuration files and the environment."""
     environ = os.environ if environ is None else environ
-    environment = environ.get(Env.ENVIRONMENT, "local")
-    directory = config_dir or Path(environ.get(Env.CONFIG_DIR) or project_root())
-    merged = _read_toml(directory / "app.toml", required=True)
-    if environment != "local":
-        _deep_merge(merged, _read_toml(directory / f"app.{environment}.toml", required=True))
+    _, directory, merged = read_config_files(environ, config_dir)
     raw = merged.get("email")
     if not isinstance(raw, Mapping):
         raise ConfigError(f"[email] section is missing in {directory}/app.toml")
