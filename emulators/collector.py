@@ -46,6 +46,7 @@ from typing import Any
 import flask
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from emulators.recorder_http import ControlError, recorder_app
 from shared.config import Env
 from shared.dal.records import OutboundMessage
 from shared.worker import (
@@ -84,10 +85,6 @@ class Controls:
             "shuffle_results": self.shuffle_results,
             "report_started": self.report_started,
         }
-
-
-class ControlError(ValueError):
-    """A ``POST /control`` body the stub cannot follow."""
 
 
 def parse_controls(current: Controls, plan: Mapping[str, Any]) -> Controls:
@@ -172,6 +169,17 @@ class CollectorState:
             self.records.clear()
             self.record_file.write_text("")
 
+    def snapshot(self) -> list[dict[str, Any]]:
+        """The records so far."""
+        with self.lock:
+            return list(self.records)
+
+    def apply_controls(self, plan: Mapping[str, Any]) -> dict[str, Any]:
+        """Apply a ``POST /control`` plan; the controls now in force."""
+        with self.lock:
+            self.controls = parse_controls(self.controls, plan)
+            return self.controls.as_dict()
+
 
 class StubPublisher:
     """Publishes outcomes as the controls say: dropped, copied, or shuffled with ``started``."""
@@ -210,34 +218,13 @@ def _attempt_of(message: OutboundMessage) -> tuple[str, ...]:
 
 def make_app(state: CollectorState) -> flask.Flask:
     """The stub's HTTP surface: health, records, controls, and tasks on any other POST path."""
-    app = flask.Flask("collector-stub")
-
-    @app.get("/healthz")
-    def healthz() -> flask.Response:
-        return _json(200, {"status": "ok"})
-
-    @app.get("/requests")
-    def list_requests() -> flask.Response:
-        with state.lock:
-            return _json(200, list(state.records))
-
-    @app.delete("/requests")
-    def clear_requests() -> flask.Response:
-        state.clear()
-        return _json(200, {"cleared": True})
-
-    @app.post("/control")
-    def control() -> flask.Response:
-        plan = flask.request.get_json(force=True, silent=True)
-        if not isinstance(plan, dict):
-            return _json(400, {"error": "send a JSON object"})
-        try:
-            with state.lock:
-                state.controls = parse_controls(state.controls, plan)
-                controls = state.controls
-        except ControlError as exc:
-            return _json(400, {"error": str(exc)})
-        return _json(200, controls.as_dict())
+    app = recorder_app(
+        "collector-stub",
+        "/requests",
+        records=state.snapshot,
+        clear=state.clear,
+        apply_controls=state.apply_controls,
+    )
 
     @app.post("/")
     @app.post("/<path:_path>")
@@ -270,10 +257,6 @@ def _entry(request: flask.Request, reply: WorkerReply, received_at: str) -> dict
     if reply.auth.verified is not None:
         entry["auth"] = reply.auth.as_record()
     return entry
-
-
-def _json(status: int, payload: Any) -> flask.Response:
-    return flask.Response(json.dumps(payload), status=status, mimetype="application/json")
 
 
 def stub_config(

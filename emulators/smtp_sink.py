@@ -41,6 +41,8 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from emulators.recorder_http import ControlError, recorder_app
+
 logger = logging.getLogger("emulators.smtp_sink")
 
 
@@ -71,10 +73,6 @@ class SinkControls:
         )
         del data["refuse_until"]
         return data
-
-
-class ControlError(ValueError):
-    """A ``POST /control`` body the sink cannot follow."""
 
 
 def parse_controls(current: SinkControls, plan: Mapping[str, Any], now: float) -> SinkControls:
@@ -176,6 +174,18 @@ class SinkState:
             self.refused = 0
             self.record_file.write_text("")
 
+    def snapshot(self) -> list[dict[str, Any]]:
+        """The messages accepted so far."""
+        with self.lock:
+            return list(self.records)
+
+    def apply_controls(self, plan: Mapping[str, Any]) -> dict[str, Any]:
+        """Apply a ``POST /control`` plan; the controls now in force."""
+        now = time.monotonic()
+        with self.lock:
+            self.controls = parse_controls(self.controls, plan, now)
+            return self.controls.as_dict(now)
+
 
 class SinkHandler:
     """aiosmtpd handler: refuse as the controls say, or record and accept."""
@@ -200,41 +210,13 @@ class SinkHandler:
 
 def make_app(state: SinkState) -> flask.Flask:
     """The HTTP side: health, messages, controls."""
-    app = flask.Flask("smtp-sink")
-
-    @app.get("/healthz")
-    def healthz() -> flask.Response:
-        return _json(200, {"status": "ok"})
-
-    @app.get("/messages")
-    def messages() -> flask.Response:
-        with state.lock:
-            return _json(200, list(state.records))
-
-    @app.delete("/messages")
-    def clear() -> flask.Response:
-        state.clear()
-        return _json(200, {"cleared": True})
-
-    @app.post("/control")
-    def control() -> flask.Response:
-        plan = flask.request.get_json(force=True, silent=True)
-        if not isinstance(plan, dict):
-            return _json(400, {"error": "send a JSON object"})
-        now = time.monotonic()
-        try:
-            with state.lock:
-                state.controls = parse_controls(state.controls, plan, now)
-                controls = state.controls
-        except ControlError as exc:
-            return _json(400, {"error": str(exc)})
-        return _json(200, controls.as_dict(now))
-
-    return app
-
-
-def _json(status: int, payload: Any) -> flask.Response:
-    return flask.Response(json.dumps(payload), status=status, mimetype="application/json")
+    return recorder_app(
+        "smtp-sink",
+        "/messages",
+        records=state.snapshot,
+        clear=state.clear,
+        apply_controls=state.apply_controls,
+    )
 
 
 @dataclass
