@@ -7,10 +7,6 @@ environment, or plain gcloud) and go through the real push subscriptions to the 
 from __future__ import annotations
 
 import json
-import os
-import shlex
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,7 +20,7 @@ from shared.tasks_admin import apply_queues
 from shared.topology import load_topology
 from tests.support.core import subscription_doc
 from tests.support.polling import wait_for
-from tests.support.stack import PulledMessage, StackHandle
+from tests.support.stack import PulledMessage, StackHandle, dispatcher
 
 pytestmark = pytest.mark.e2e
 
@@ -41,21 +37,6 @@ def clean(stack: StackHandle) -> None:
     stack.wipe_ledger()
     stack.clear_collector()
     stack.drain(DLQ_SUBS)
-
-
-def dispatcher(stack: StackHandle, *args: str, expect: int = 0) -> subprocess.CompletedProcess[str]:
-    command = shlex.split(os.environ.get("DISPATCHER_CLI", f"{sys.executable} -m shared.cli"))
-    result = subprocess.run(
-        [*command, *args],
-        env={**os.environ, **stack.env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == expect, (args, result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr, result.stderr
-    return result
 
 
 def seed(firestore_client: Any, subscription_id: str, next_run: datetime, **fields: Any) -> None:

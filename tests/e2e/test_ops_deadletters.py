@@ -8,38 +8,19 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import shlex
-import subprocess
-import sys
 from typing import Any, TypeVar
 
 import pytest
 import requests
 
 from tests.support.polling import wait_for
-from tests.support.stack import StackHandle
+from tests.support.stack import StackHandle, dispatcher
 
 pytestmark = pytest.mark.e2e
 
 SLOT = "2026-01-05T09:00:00Z"
 SUB = "ghost-sub"
 T = TypeVar("T")
-
-
-def dispatcher(stack: StackHandle, *args: str, expect: int = 0) -> subprocess.CompletedProcess[str]:
-    command = shlex.split(os.environ.get("DISPATCHER_CLI", f"{sys.executable} -m shared.cli"))
-    result = subprocess.run(
-        [*command, *args],
-        env={**os.environ, **stack.env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == expect, (args, result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr, result.stderr
-    return result
 
 
 def dead_letters(stack: StackHandle, *args: str) -> list[dict[str, Any]]:

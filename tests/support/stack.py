@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,3 +155,20 @@ class StackHandle:
             ]
             if tables:
                 conn.execute("truncate " + ", ".join(tables) + " restart identity cascade")
+
+
+def dispatcher(stack: StackHandle, *args: str, expect: int = 0) -> subprocess.CompletedProcess[str]:
+    """Run the operator's CLI against ``stack`` (``DISPATCHER_CLI`` overrides the command) and
+    check its exit code; a traceback on stderr fails the test whatever the code."""
+    command = shlex.split(os.environ.get("DISPATCHER_CLI", f"{sys.executable} -m shared.cli"))
+    result = subprocess.run(
+        [*command, *args],
+        env={**os.environ, **stack.env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == expect, (args, result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    return result

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -14,35 +12,12 @@ import pytest
 from emulators.cloudtasks.oidc import TokenSigner
 from shared import config, handler
 from shared.auth import OidcVerifier, TokenRejected
+from tests.support.certs import CertServer
 from tests.unit.contracts.conftest import client, push_body
 from tests.unit.contracts.recorder import DEAD_LETTERS, USE_CASES
 
 PUSH_SA = "pubsub-push@dispatcher-test.iam.gserviceaccount.com"
 AUDIENCE = "https://select.example.run.app/"
-
-
-class CertServer:
-    """Serves one signer's certificates, counting fetches (the cache must spare them)."""
-
-    def __init__(self, signer: TokenSigner) -> None:
-        self.fetches = 0
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                return
-
-            def do_GET(self) -> None:
-                outer.fetches += 1
-                body = json.dumps(signer.pem_certs()).encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/certs"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +29,7 @@ def signer() -> TokenSigner:
 def certs(signer: TokenSigner) -> Iterator[CertServer]:
     server = CertServer(signer)
     yield server
-    server.server.shutdown()
+    server.stop()
 
 
 def test_a_token_for_the_expected_identity_and_audience_verifies(

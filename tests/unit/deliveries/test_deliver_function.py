@@ -18,9 +18,9 @@ from emulators.cloudtasks.oidc import TokenSigner
 from shared.config import load_settings
 from shared.email_settings import load_email_settings
 from shared.usecases.deliver import DeliverDependencies
+from tests.support.certs import CertServer
 from tests.unit.deliveries.fakes import NOW, FakeEmailStore, FakeSubscriptions, ScriptedSender
 from tests.unit.deliveries.test_deliver_use_case import alert_body, subscription
-from tests.unit.worker.conftest import CertServer
 
 ROOT = Path(__file__).resolve().parents[3]
 INVOKER = "email-invoker@dispatcher-test.iam.gserviceaccount.com"
@@ -36,8 +36,7 @@ def signer() -> TokenSigner:
 def certs(signer: TokenSigner) -> Iterator[CertServer]:
     server = CertServer(signer)
     yield server
-    server.server.shutdown()
-    server.server.server_close()
+    server.stop()
 
 
 @pytest.fixture

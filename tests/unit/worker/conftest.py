@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import flask
@@ -26,6 +24,7 @@ from shared.worker import (
     WorkerDependencies,
     task_handler,
 )
+from tests.support.certs import CertServer
 
 SERVICE_ACCOUNT = "collector-invoker@dispatcher-test.iam.gserviceaccount.com"
 URL = "http://localhost/collect"
@@ -34,26 +33,6 @@ SOURCE = "reuters-rss"
 SLOT = "2026-01-05T09:00:00Z"
 NOW = datetime(2026, 1, 5, 9, 0, 7, tzinfo=UTC)
 TASK_NAME = "a3f9c2-acme-news-reuters-rss-20260105t0900z"
-
-
-class CertServer:
-    """Serves one signer's certificates on a local port, as the Cloud Tasks emulator does."""
-
-    def __init__(self, signer: TokenSigner) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                return
-
-            def do_GET(self) -> None:
-                body = json.dumps(signer.pem_certs()).encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/certs"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
 @pytest.fixture(scope="session")
@@ -65,8 +44,7 @@ def signer() -> TokenSigner:
 def certs(signer: TokenSigner) -> Iterator[CertServer]:
     server = CertServer(signer)
     yield server
-    server.server.shutdown()
-    server.server.server_close()
+    server.stop()
 
 
 class FakePublisher:

@@ -17,11 +17,11 @@ from emulators.cloudtasks.oidc import TokenSigner
 from emulators.collector import serve
 from shared.auth import OidcVerifier
 from shared.worker import WorkerDependencies
+from tests.support.certs import CertServer
 from tests.unit.worker.conftest import (
     SERVICE_ACCOUNT,
     SUBSCRIPTION,
     TASK_NAME,
-    CertServer,
     FakePublisher,
     FakeSubscriptions,
     subscription,

@@ -12,10 +12,10 @@ from flask import Flask
 from emulators.cloudtasks.oidc import TokenSigner
 from shared.auth import OidcVerifier
 from shared.worker import WorkerConfig, WorkerDependencies
+from tests.support.certs import CertServer
 from tests.unit.worker.conftest import (
     SERVICE_ACCOUNT,
     TASK_NAME,
-    CertServer,
     FakePublisher,
     FakeSubscriptions,
     subscription,

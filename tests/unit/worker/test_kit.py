@@ -12,12 +12,12 @@ from emulators.cloudtasks.oidc import TokenSigner
 from shared.worker import CollectorTask, CollectResult, PermanentCollectError
 from shared.worker.reporter import result_contract
 from shared.worker.task import RetryableCollectError
+from tests.support.certs import CertServer
 from tests.unit.worker.conftest import (
     SLOT,
     SOURCE,
     SUBSCRIPTION,
     TASK_NAME,
-    CertServer,
     Kit,
     make_kit,
     subscription,
