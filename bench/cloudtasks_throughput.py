@@ -30,7 +30,9 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -348,9 +350,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run every measurement, print a summary, write the JSON file."""
-    args = parse_args(argv)
+@dataclass(frozen=True)
+class EmulatorRig:
+    """A running Cloud Tasks emulator and a target that counts what it receives."""
+
+    target: str  # the emulator's gRPC address
+    url: str  # where tasks are sent
+    count_url: str  # GET: how many tasks arrived
+    pid: int  # the emulator's process (its CPU is measured)
+
+
+@contextmanager
+def emulator_and_target(prefix: str, emulator_args: Sequence[str] = ()) -> Iterator[EmulatorRig]:
+    """Start our Cloud Tasks emulator and a counting HTTP target on free ports, wait until both
+    are ready, and stop both afterwards (the benchmarks in bench/ that drive the emulator)."""
     grpc_port, http_port, target_port = free_port(), free_port(), free_port()
     context = multiprocessing.get_context("spawn")
     target_ready = context.Event()
@@ -358,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         target=_serve_target, args=(target_port, target_ready), daemon=True
     )
     target_proc.start()
-    workdir = Path(tempfile.mkdtemp(prefix="cloudtasks-bench-"))
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
     emulator = ManagedProcess(
         name="cloudtasks",
         argv=[
@@ -371,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
             str(grpc_port),
             "--http-port",
             str(http_port),
-            *args.emulator_arg,
+            *emulator_args,
         ],
         log_path=workdir / "emulator.log",
         ready=http_ready(f"http://127.0.0.1:{http_port}/healthz"),
@@ -383,12 +396,25 @@ def main(argv: list[str] | None = None) -> int:
         emulator.wait_ready()
         if not target_ready.wait(10):
             raise RuntimeError("target server did not start")
-        target = f"127.0.0.1:{grpc_port}"
-        url = f"http://127.0.0.1:{target_port}/collect"
-        count_url = f"http://127.0.0.1:{target_port}/count"
+        yield EmulatorRig(
+            target=f"127.0.0.1:{grpc_port}",
+            url=f"http://127.0.0.1:{target_port}/collect",
+            count_url=f"http://127.0.0.1:{target_port}/count",
+            pid=emulator.pid,
+        )
+    finally:
+        emulator.stop()
+        target_proc.terminate()
+        target_proc.join(5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every measurement, print a summary, write the JSON file."""
+    args = parse_args(argv)
+    with emulator_and_target("cloudtasks-bench-", args.emulator_arg) as rig:
+        target, url, count_url, pid = rig.target, rig.url, rig.count_url, rig.pid
         _create_many(target, _new_queue(_client(target)), "warmup", 200, url)
 
-        pid = emulator.pid
         one = _repeat(
             args.repeat,
             lambda: _with_cpu(pid, lambda: measure_creates_threads(target, 1, args.creates, url)),
@@ -428,10 +454,6 @@ def main(argv: list[str] | None = None) -> int:
                 ),
             ),
         )
-    finally:
-        emulator.stop()
-        target_proc.terminate()
-        target_proc.join(5)
 
     best_16 = max(sixteen_threads["per_second"], sixteen_procs["per_second"])
     result = {

@@ -32,11 +32,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing
 import os
 import platform
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import replace
@@ -47,9 +45,8 @@ from typing import Any
 import requests
 from google.cloud import tasks_v2
 
-from bench.cloudtasks_throughput import _client, _serve_target
+from bench.cloudtasks_throughput import _client, emulator_and_target
 from bench.cpu import process_cpu_seconds
-from emulators.process import ManagedProcess, free_port, http_ready
 from shared.config import QueueConfig, Settings, load_settings
 from shared.dispatch_key import DispatchKey, task_name
 from shared.tasks_admin import apply_queues
@@ -139,51 +136,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if 1 not in args.shards:
         raise SystemExit("--shards must include 1: it is the baseline of the ratio")
-    grpc_port, http_port, target_port = free_port(), free_port(), free_port()
-    context = multiprocessing.get_context("spawn")
-    target_ready = context.Event()
-    target_proc = context.Process(
-        target=_serve_target, args=(target_port, target_ready), daemon=True
-    )
-    target_proc.start()
-    workdir = Path(tempfile.mkdtemp(prefix="queue-shards-bench-"))
-    emulator = ManagedProcess(
-        name="cloudtasks",
-        argv=[
-            sys.executable,
-            "-m",
-            "emulators.cloudtasks",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(grpc_port),
-            "--http-port",
-            str(http_port),
-        ],
-        log_path=workdir / "emulator.log",
-        ready=http_ready(f"http://127.0.0.1:{http_port}/healthz"),
-        cwd=Path(__file__).resolve().parents[1],
-        startup_timeout=30.0,
-    )
-    emulator.start()
     rounds: list[dict[str, Any]] = []
-    try:
-        emulator.wait_ready()
-        if not target_ready.wait(10):
-            raise RuntimeError("target server did not start")
-        target = f"127.0.0.1:{grpc_port}"
-        url = f"http://127.0.0.1:{target_port}/collect"
-        count_url = f"http://127.0.0.1:{target_port}/count"
+    with emulator_and_target("queue-shards-bench-") as rig:
         for shards in args.shards:
-            cpu_before = process_cpu_seconds(emulator.pid) or 0.0
-            result = measure(target, shards, args.tasks, args.queue_rate, url, count_url)
-            cpu = (process_cpu_seconds(emulator.pid) or 0.0) - cpu_before
+            cpu_before = process_cpu_seconds(rig.pid) or 0.0
+            result = measure(
+                rig.target, shards, args.tasks, args.queue_rate, rig.url, rig.count_url
+            )
+            cpu = (process_cpu_seconds(rig.pid) or 0.0) - cpu_before
             result["emulator_cores_busy"] = round(cpu / result["seconds"], 3)
             rounds.append(result)
-    finally:
-        emulator.stop()
-        target_proc.terminate()
-        target_proc.join(5)
 
     baseline = next(r for r in rounds if r["shards"] == 1)
     ratios = {
