@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any, Final, Literal, Protocol, TypeAlias, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
@@ -437,26 +437,14 @@ def _delivery_schedule(value: object, path: str) -> DeliverySchedule:
 
 
 def _deliveries_from_document(value: object) -> tuple[Delivery, ...]:
-    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
-        raise InvalidSubscription("deliveries", "expected a list", value)
-    if len(value) > MAX_DELIVERIES:
-        raise InvalidSubscription(
-            "deliveries", f"must hold at most {MAX_DELIVERIES}", f"{len(value)} deliveries"
-        )
-    deliveries: list[Delivery] = []
-    seen: dict[str, int] = {}
-    for index, item in enumerate(value):
-        path = _join("deliveries", index)
-        delivery = Delivery.from_document(item, path)
-        if delivery.id in seen:
-            raise InvalidSubscription(
-                _join(path, "id"),
-                f"duplicate delivery id (also deliveries[{seen[delivery.id]}])",
-                delivery.id,
-            )
-        seen[delivery.id] = index
-        deliveries.append(delivery)
-    return tuple(deliveries)
+    return _items_with_unique_ids(
+        value,
+        "deliveries",
+        "delivery",
+        Delivery.from_document,
+        allowed=range(MAX_DELIVERIES + 1),
+        size_rule=f"must hold at most {MAX_DELIVERIES}",
+    )
 
 
 @dataclass(frozen=True)
@@ -665,26 +653,52 @@ def _optional_instant(mapping: Mapping[str, Any], key: str) -> datetime | None:
 
 
 def _sources_from_document(value: object) -> tuple[Source, ...]:
+    return _items_with_unique_ids(
+        value,
+        "sources",
+        "source",
+        Source.from_document,
+        allowed=range(1, MAX_SOURCES + 1),
+        size_rule=f"must hold 1 to {MAX_SOURCES} sources",
+    )
+
+
+class _HasId(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+_Item = TypeVar("_Item", bound=_HasId)
+
+
+def _items_with_unique_ids(
+    value: object,
+    field_name: str,
+    noun: str,
+    parse: Callable[[object, str], _Item],
+    *,
+    allowed: range,
+    size_rule: str,
+) -> tuple[_Item, ...]:
+    """A document list (sources, deliveries) parsed item by item, its size and ids checked."""
     if isinstance(value, str | bytes) or not isinstance(value, Sequence):
-        raise InvalidSubscription("sources", "expected a list", value)
-    if not 1 <= len(value) <= MAX_SOURCES:
-        raise InvalidSubscription(
-            "sources", f"must hold 1 to {MAX_SOURCES} sources", f"{len(value)} sources"
-        )
-    sources: list[Source] = []
+        raise InvalidSubscription(field_name, "expected a list", value)
+    if len(value) not in allowed:
+        raise InvalidSubscription(field_name, size_rule, f"{len(value)} {field_name}")
+    items: list[_Item] = []
     seen: dict[str, int] = {}
     for index, item in enumerate(value):
-        path = _join("sources", index)
-        source = Source.from_document(item, path)
-        if source.id in seen:
+        path = _join(field_name, index)
+        parsed = parse(item, path)
+        if parsed.id in seen:
             raise InvalidSubscription(
                 _join(path, "id"),
-                f"duplicate source id (also sources[{seen[source.id]}])",
-                source.id,
+                f"duplicate {noun} id (also {field_name}[{seen[parsed.id]}])",
+                parsed.id,
             )
-        seen[source.id] = index
-        sources.append(source)
-    return tuple(sources)
+        seen[parsed.id] = index
+        items.append(parsed)
+    return tuple(items)
 
 
 def shard_for(subscription_id: str, shard_count: int) -> int:
