@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from datetime import datetime
 from typing import Any, NoReturn
 
 from rich.console import Console
@@ -57,3 +58,8 @@ def known_error(exc: BaseException) -> str | None:
 
 def print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def table_time(value: datetime | None) -> str:
+    """An instant as a table cell (UTC to the second), ``-`` for none."""
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"

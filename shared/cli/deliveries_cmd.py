@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import shlex
 from dataclasses import asdict
-from datetime import datetime
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from shared.cli.common import CliError, console, print_json
+from shared.cli.common import CliError, console, print_json, table_time
+from shared.instants import format_slot
 from shared.ops.context import OpsContext, friendly_errors
 
 app = typer.Typer(
@@ -22,10 +22,6 @@ app = typer.Typer(
 
 AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 STATES = ("queued", "sending", "sent", "failed")
-
-
-def _when(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
 
 
 def _emails(ctx: OpsContext) -> Any:
@@ -78,12 +74,12 @@ def list_deliveries(
             str(r.id),
             r.subscription_id,
             r.delivery_id,
-            _when(r.slot),
+            table_time(r.slot),
             r.recipient,
             r.state,
             str(r.attempts),
             r.task_state,
-            _when(r.sent_at),
+            table_time(r.sent_at),
             r.last_error or "",
         )
     console.print(table)
@@ -95,7 +91,7 @@ def replay_command(row: Any, queue: str, location: str, url: str, service_accoun
         "delivery_key": {
             "subscription_id": row.subscription_id,
             "delivery_id": row.delivery_id,
-            "slot": row.slot.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "slot": format_slot(row.slot),
             "recipient": row.recipient,
         },
         "format": row.format,

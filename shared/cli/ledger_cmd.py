@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from shared.cli.common import console, print_json
+from shared.cli.common import console, print_json, table_time
 from shared.ops.context import OpsContext, friendly_errors
 
 app = typer.Typer(help="The PostgreSQL dispatch ledger: runs and dispatches.", no_args_is_help=True)
@@ -31,10 +31,6 @@ def parse_instant_option(value: str | None, name: str) -> datetime | None:
             f"{value!r} is not an RFC 3339 date-time with an offset (2026-01-05T09:00:00Z)",
             param_hint=name,
         ) from None
-
-
-def _when(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
 
 
 @app.command("runs")
@@ -74,9 +70,9 @@ def runs(
     )
     for r in rows:
         table.add_row(
-            _when(r.slot),
+            table_time(r.slot),
             r.reason,
-            _when(r.selected_at),
+            table_time(r.selected_at),
             str(r.dispatches),
             str(r.created),
             str(r.claimed + r.failed),
@@ -94,7 +90,7 @@ def runs(
 def _completion(completed_at: datetime | None, succeeded: bool | None) -> str:
     if completed_at is None:
         return "open"
-    return f"{_when(completed_at)} {'ok' if succeeded else 'NOT OK'}"
+    return f"{table_time(completed_at)} {'ok' if succeeded else 'NOT OK'}"
 
 
 def _execution(state: str | None, final: bool) -> str:
@@ -145,16 +141,16 @@ def dispatches(
     )
     for r in rows:
         table.add_row(
-            _when(r.slot),
+            table_time(r.slot),
             r.source_id,
             r.source_kind,
             r.state,
             str(r.attempts),
             r.task_name.rsplit("/", 1)[-1],
-            _when(r.created_at),
+            table_time(r.created_at),
             _execution(r.execution_state, r.execution_final),
             str(r.execution_attempts),
-            _when(r.finished_at),
+            table_time(r.finished_at),
             "-" if r.items is None else str(r.items),
             r.execution_error or r.last_error or "",
         )
