@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 from datetime import timedelta
 from typing import Any
 
@@ -14,6 +13,7 @@ import psycopg
 import pytest
 
 from shared.ledger.repository import MAX_ERROR_CHARS, Ledger, LedgerError, RunClaims
+from tests.support.polling import wait_for
 
 from .test_ledger_repository import SLOT, _count, _in_threads, _spec
 
@@ -88,7 +88,9 @@ def test_concurrent_duplicate_claimers_record_once_and_claim_each_key_once(
     assert _count(sql_conn, "SELECT count(*) FROM dispatches") == len(ids)
 
 
-def _blocked_start(ledger: Ledger, sources: list[str]) -> tuple[threading.Thread, list[Any]]:
+def _blocked_start(
+    ledger: Ledger, sources: list[str], database_url: str
+) -> tuple[threading.Thread, list[Any]]:
     out: list[Any] = []
 
     def run() -> None:
@@ -99,7 +101,20 @@ def _blocked_start(ledger: Ledger, sources: list[str]) -> tuple[threading.Thread
 
     thread = threading.Thread(target=run)
     thread.start()
-    time.sleep(0.5)  # long enough to be waiting on the other transaction's index entry
+    # start_run must be waiting on the other transaction's uncommitted index entry before that
+    # one commits: poll PostgreSQL for a backend waiting on a lock.
+    with psycopg.connect(database_url, autocommit=True) as probe:
+        wait_for(
+            lambda: (
+                probe.execute(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                ).fetchone()
+                == (1,)
+            ),
+            timeout=10,
+            message="start_run waiting on the other transaction",
+        )
     return thread, out
 
 
@@ -114,7 +129,7 @@ def test_a_run_committed_after_the_statement_snapshot_is_found_not_duplicated(
             "INSERT INTO runs (subscription_id, slot, reason) VALUES ('acme', %s, 'catch-up')",
             (SLOT,),
         )
-        thread, out = _blocked_start(ledger, ["a", "b"])
+        thread, out = _blocked_start(ledger, ["a", "b"], database_url)
         assert thread.is_alive()
         other.commit()
     thread.join(timeout=30)
@@ -135,7 +150,7 @@ def test_a_key_committed_after_the_statement_snapshot_belongs_to_the_other_claim
             "task_name, queue) VALUES (%s, 'acme', %s, 'a', 'rss', 'task-a', 'collect-rss')",
             (run.id, SLOT),
         )
-        thread, out = _blocked_start(ledger, ["a", "b"])
+        thread, out = _blocked_start(ledger, ["a", "b"], database_url)
         assert thread.is_alive()
         other.commit()
     thread.join(timeout=30)
