@@ -144,6 +144,10 @@ class LocalStack:
         self._allocate_ports()
         shutil.rmtree(self.logs_dir, ignore_errors=True)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
+        # Like the logs, what the collector and the SMTP sink received belongs to one stack's
+        # life: a second demo must not show the first one's tasks and emails as its own.
+        for records in (self.collector_records, self.smtp_records):
+            records.unlink(missing_ok=True)
         self._record = {
             "project": self.options.project,
             "started_at": _now(),

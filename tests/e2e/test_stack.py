@@ -100,6 +100,11 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_cli_up_status_down_leaves_no_process(tmp_path: Path) -> None:
     state = str(tmp_path / "cli-stack")
+    # What an earlier stack in this directory received must not pass for this one's.
+    Path(state).mkdir()
+    stale = {name: Path(state) / name for name in ("collector.jsonl", "smtp-sink.jsonl")}
+    for path in stale.values():
+        path.write_text('{"from": "an earlier stack"}\n')
     up = _cli("stack", "up", "--detach", "--no-scheduler", "--state-dir", state)
     assert up.returncode == 0, up.stderr + up.stdout
     record = read_record(Path(state))
@@ -128,3 +133,5 @@ def test_cli_up_status_down_leaves_no_process(tmp_path: Path) -> None:
     assert not survivors, f"still running after stack down: {survivors}"
     assert not (Path(state) / "stack.env").exists()
     assert _cli("stack", "status", "--state-dir", state).returncode == 1
+    for path in stale.values():
+        assert "an earlier stack" not in (path.read_text() if path.exists() else "")
