@@ -13,7 +13,7 @@ from emulators.cloudtasks.oidc import TokenSigner
 from shared import config, handler
 from shared.auth import OidcVerifier, TokenRejected
 from tests.support.certs import CertServer
-from tests.unit.contracts.conftest import client, push_body
+from tests.unit.contracts.conftest import client, install_fakes, push_body
 from tests.unit.contracts.recorder import DEAD_LETTERS, USE_CASES
 
 PUSH_SA = "pubsub-push@dispatcher-test.iam.gserviceaccount.com"
@@ -81,6 +81,8 @@ def push_auth_on(certs: CertServer, monkeypatch: pytest.MonkeyPatch) -> Iterator
     monkeypatch.setenv("DISPATCHER_OIDC_CERTS_URL", certs.url)
     settings = replace(config.load_settings(), push_auth_service_account=PUSH_SA)
     monkeypatch.setattr(config, "get_settings", lambda: settings)
+    # The recorders are module globals: forget what earlier test modules left in them.
+    install_fakes()
     yield
 
 
