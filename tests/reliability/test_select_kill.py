@@ -28,10 +28,9 @@ from datetime import timedelta
 
 import pytest
 
-from shared.topology import load_topology
 from tests.support.core import utc
 from tests.support.polling import wait_for
-from tests.support.reliability import FaultStack, rfc3339
+from tests.support.reliability import FaultStack, retry_budget_floor, rfc3339
 from tests.support.stack import dispatcher
 
 pytestmark = pytest.mark.reliability
@@ -39,14 +38,6 @@ pytestmark = pytest.mark.reliability
 DUE = 1000
 PREFIX = "kill-select-"
 SLOT = utc("2026-02-05T13:00")
-
-
-def _retry_budget_floor(topic: str) -> float:
-    """The least time the local push retries take to exhaust a subscription's delivery attempts:
-    every retry waits at least ``min_backoff`` (the first attempt is the one select died in)."""
-    topology = load_topology()
-    attempts = next(t for t in topology.topics if t.name == topic).push.max_delivery_attempts
-    return float(topology.local_retry.min_backoff_seconds * (attempts - 1))
 
 
 def test_select_killed_mid_tick_dispatches_every_key_exactly_once(faults: FaultStack) -> None:
@@ -71,7 +62,7 @@ def test_select_killed_mid_tick_dispatches_every_key_exactly_once(faults: FaultS
     )
     tick_replayed = len(replay["replayed"])
     if tick_replayed:
-        assert restart_seconds >= _retry_budget_floor("dispatcher-ticks"), (
+        assert restart_seconds >= retry_budget_floor("dispatcher-ticks"), (
             f"the tick was dead-lettered although select was down only {restart_seconds:.1f}s"
         )
     republished = not tick_replayed and after_emulator < len(expected)

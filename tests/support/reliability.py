@@ -29,6 +29,7 @@ import requests
 from emulators.process import pid_alive
 from emulators.stack import LocalStack, StackOptions, read_record, stop_recorded
 from shared.config import Settings, load_settings
+from shared.topology import load_topology
 from tests.support.core import emulator_environment
 from tests.support.polling import wait_for
 from tests.support.stack import StackHandle
@@ -43,6 +44,18 @@ FAST_CONCURRENCY = 200
 def rfc3339(value: datetime) -> str:
     """``2026-01-05T09:00:00Z``."""
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def retry_budget_floor(topic: str) -> float:
+    """The least time the local stack's push retries take to exhaust a topic's delivery attempts.
+
+    Every retry waits at least ``local.retry.min_backoff`` (the first attempt is the one the
+    killed function died in). A function down longer than this may see its messages
+    dead-lettered locally; production's 10 s+ backoff gives it far longer.
+    """
+    topology = load_topology()
+    attempts = next(t for t in topology.topics if t.name == topic).push.max_delivery_attempts
+    return float(topology.local_retry.min_backoff_seconds * (attempts - 1))
 
 
 @dataclass(frozen=True)
