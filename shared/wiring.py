@@ -20,11 +20,14 @@ from shared.dal import DUE_TOPIC, completion_publisher, ledger, make_store, make
 from shared.envelope import PushMessage
 from shared.usecases.fanout import FanoutDependencies, FanoutResult
 from shared.usecases.fanout import fanout as _fanout
+from shared.usecases.plan_deliveries import PlanDependencies
 from shared.usecases.results import ResultsDependencies
 from shared.usecases.results import record_result as _record_result
+from shared.usecases.select_digests import DigestDependencies
 from shared.usecases.select_due import SelectDependencies, SelectResult, select_due
 
 __all__ = [
+    "digest_dependencies",
     "fanout",
     "fanout_dependencies",
     "record_result",
@@ -50,6 +53,53 @@ def select_dependencies() -> SelectDependencies:
             settings.topic_path(DUE_TOPIC),
             timeout=settings.publish_timeout_seconds,
         ),
+        digests=digest_dependencies(),
+    )
+
+
+@functools.cache
+def digest_dependencies() -> DigestDependencies:
+    """Scheduled digests on select's tick: the ``delivery_schedules`` store, and the email
+    planner (ledger, Cloud Tasks, email settings) built only when a digest is first due."""
+    from shared import clients
+    from shared.config import get_settings
+    from shared.dal.digest_schedules import FirestoreDigestSchedules
+
+    settings = get_settings()
+    return DigestDependencies(
+        schedules=FirestoreDigestSchedules(
+            clients.firestore_client,
+            timeout=settings.dependency_timeout_seconds,
+            retry_budget=settings.dependency_retry_budget_seconds,
+        ),
+        plan=_digest_planner,
+    )
+
+
+@functools.cache
+def _digest_planner() -> PlanDependencies:
+    # Cached: a failure here (DATABASE_URL missing, [email] invalid) is not cached and is
+    # reported on every tick with a due digest (shared.usecases.select_due).
+    from shared.config import ConfigError, get_settings
+    from shared.email_settings import load_email_settings
+    from shared.ledger.deliveries import EmailLedger
+    from shared.ledger.repository import open_pool
+
+    settings = get_settings()
+    if not settings.database_url:
+        raise ConfigError("DATABASE_URL is not set: select claims digest emails in the ledger")
+    return PlanDependencies(
+        store=EmailLedger(
+            # Digests are planned by one tick at a time per instance: a small pool of its own.
+            open_pool(
+                settings.database_url, max_size=2, timeout=settings.dependency_timeout_seconds
+            )
+        ),
+        tasks=make_task_gateway(settings),
+        subscriptions=make_store(settings),
+        settings=load_email_settings(),
+        project=settings.project,
+        location=settings.tasks_location,
     )
 
 
