@@ -60,7 +60,13 @@ def select_dependencies() -> SelectDependencies:
 @functools.cache
 def digest_dependencies() -> DigestDependencies:
     """Scheduled digests on select's tick: the ``delivery_schedules`` store, and the email
-    planner (ledger, Cloud Tasks, email settings) built only when a digest is first due."""
+    planner (Cloud Tasks, email settings) built only when a digest is first due.
+
+    No ledger: select plans digests without a claim (``store=None``, see
+    :func:`shared.usecases.plan_deliveries.plan_delivery`). select may run one instance per
+    dispatcher shard (32 in production), which the database's connection budget has no room
+    for; the deliver function records each email's row on its first attempt.
+    """
     from shared import clients
     from shared.config import get_settings
     from shared.dal.digest_schedules import FirestoreDigestSchedules
@@ -78,23 +84,14 @@ def digest_dependencies() -> DigestDependencies:
 
 @functools.cache
 def _digest_planner() -> PlanDependencies:
-    # Cached: a failure here (DATABASE_URL missing, [email] invalid) is not cached and is
-    # reported on every tick with a due digest (shared.usecases.select_due).
-    from shared.config import ConfigError, get_settings
+    # functools.cache keeps no exception: an invalid [email] section is reported on every tick
+    # that has a digest due (shared.usecases.select_due), and picked up once fixed.
+    from shared.config import get_settings
     from shared.email_settings import load_email_settings
-    from shared.ledger.deliveries import EmailLedger
-    from shared.ledger.repository import open_pool
 
     settings = get_settings()
-    if not settings.database_url:
-        raise ConfigError("DATABASE_URL is not set: select claims digest emails in the ledger")
     return PlanDependencies(
-        store=EmailLedger(
-            # Digests are planned by one tick at a time per instance: a small pool of its own.
-            open_pool(
-                settings.database_url, max_size=2, timeout=settings.dependency_timeout_seconds
-            )
-        ),
+        store=None,
         tasks=make_task_gateway(settings),
         subscriptions=make_store(settings),
         settings=load_email_settings(),
