@@ -17,11 +17,16 @@ For each due schedule, in this order:
    nothing collected is left out of every email. Slots older than ``max_age`` are not sent at all
    (an outage of days sends nothing stale; the next slot reports the whole period);
 3. the slot is planned (:func:`shared.usecases.plan_deliveries.plan_delivery`: one task per
-   recipient, claimed in the ledger first) **before** the schedule is advanced: planning is
+   recipient, named from the delivery key; on select's tick without a ledger claim, see
+   :func:`shared.wiring.digest_dependencies`) **before** the schedule is advanced: planning is
    idempotent, so a crash between the two, or five overlapping ticks planning the same slot,
    still gives one email per recipient;
 4. the schedule is advanced to the first slot after ``now`` with a precondition on the document
    as read; losing that race to an overlapping tick is fine (the winner stored the same value).
+
+A failure while planning one schedule (a :class:`~shared.errors.DispatcherError`) is logged
+(``decision: digest-failed``) and leaves that schedule due; the others go on. What the tick does
+about it is :mod:`shared.usecases.select_due`'s decision.
 
 DST: slots come from :mod:`shared.scheduling.slots`, whose wall-clock rules make "08:00
 America/New_York" one instant per day across both 2026 changes.

@@ -60,18 +60,18 @@ digests start, and are never silently acknowledged:
 
 * every failed digest is one ERROR line (``decision: digest-failed``, the subscription, the
   delivery, the reason class, ``retryable``), and its schedule is not advanced, so it stays due;
-* a failure a retry could cure (Firestore, the ledger or Cloud Tasks unavailable, or an
-  unexpected exception, as the handler treats those) fails the tick with a
+* a failure a retry could cure (Firestore or Cloud Tasks unavailable, or an unexpected
+  exception, as the handler treats those) fails the tick with a
   :class:`DigestsFailedError` (retryable, HTTP 5xx) once everything else is done: Pub/Sub
   redelivers the tick (10-60 s backoff, 5 attempts, then the tick's dead-letter topic). The
   redelivery is cheap and harmless: collection finds its documents already advanced (or
-  publishes duplicates the dispatch keys absorb), and digest planning is idempotent (rows
-  claimed in the ledger first, tasks named from the key);
+  publishes duplicates the dispatch keys absorb), and digest planning is idempotent (tasks
+  named from the delivery key; the deliver function's row allows one send per key);
 * a permanent failure (Cloud Tasks refused the email task, a malformed subscription) does not
   fail the tick: redelivering it cannot help, and dead-lettering a valid tick would be wrong.
-  The row carries the reason (``task_state = failed``), and every following tick tries the
-  still-due schedule again, one ERROR line each, until it is fixed or the slot is older than
-  the digest's ``max_age`` (then dropped with a log line; the next slot reports the period).
+  Every following tick tries the still-due schedule again, one ERROR line each, until it is
+  fixed or the slot is older than the digest's ``max_age`` (then dropped with a log line; the
+  next slot reports the period).
 
 The next minute's tick is a retry too, whatever happened: a due schedule stays due.
 
