@@ -267,3 +267,41 @@ def test_a_race_with_selects_advance_is_read_again_not_overwritten() -> None:
     changes = sync_delivery_schedules(admin, "acme", edited, now=utc("2026-03-09T12:30"))
     assert changes.updated == [("digest", utc("2026-03-09T13:00"))]
     assert admin.docs["acme.digest"].version == 8  # written over select's value, after reading it
+
+
+def test_every_admin_write_path_keeps_the_schedule_in_step() -> None:
+    from shared.ops.subscriptions import delete_subscription, set_paused, write_subscription
+
+    store, admin = FakeSubscriptionStore(), FakeAdmin()
+    friday = utc("2026-03-06T20:00")
+    raw = {
+        "name": "Acme",
+        "schedule": {"every": 3600},
+        "sources": [{"id": "feed", "kind": "rss"}],
+        "deliveries": _digest("0 8 * * 1-5"),
+    }
+    common: dict[str, Any] = {"shard_count": 4, "known_kinds": ["rss"], "schedules": admin}
+    write_subscription(store, "acme", raw, now=lambda: friday, **common)
+    assert admin.docs["acme.digest"].next_run_at == MONDAY_8_NY
+    # Unchanged re-import: nothing written (idempotent) -- unless the schedule went missing.
+    writes = admin.writes
+    write_subscription(store, "acme", raw, now=lambda: friday, replace=True, **common)
+    assert admin.writes == writes
+    del admin.docs["acme.digest"]
+    write_subscription(store, "acme", raw, now=lambda: friday, replace=True, **common)
+    assert admin.docs["acme.digest"].next_run_at == MONDAY_8_NY
+    # A cron edit through import --replace recomputes.
+    edited = {**raw, "deliveries": _digest("0 7 * * *")}
+    write_subscription(store, "acme", edited, now=lambda: friday, replace=True, **common)
+    assert admin.docs["acme.digest"].next_run_at == utc("2026-03-07T12:00")
+    # Pause and resume leave a live schedule alone (select moves it on without sending).
+    writes = admin.writes
+    set_paused(store, "acme", True, now=lambda: friday, schedules=admin)
+    set_paused(store, "acme", False, now=lambda: friday, schedules=admin)
+    assert admin.writes == writes
+    # Delete retires it; deleting again (nothing left) changes nothing more.
+    assert delete_subscription(store, "acme", now=lambda: friday, schedules=admin)
+    assert admin.docs["acme.digest"].next_run_at is None
+    writes = admin.writes
+    assert not delete_subscription(store, "acme", now=lambda: friday, schedules=admin)
+    assert admin.writes == writes
