@@ -7,8 +7,10 @@ dispatch shows within seconds, then follows the functions' logs and the collecto
 reaching ``select``, due messages reaching ``fanout``, tasks arriving at the collector with a
 verified OIDC token, their outcomes reaching ``results`` and each run completing. After
 ``--minutes`` (default 3) it prints a summary and the ledger (runs, dispatches with outcomes,
-outcomes per source kind), then stops the stack (``--keep`` leaves it running for
-``dispatcher`` and ``gcloud`` commands).
+outcomes per source kind), and ends with the scheduled digest of ``acme-news`` (every two
+minutes), received by the SMTP sink: planned by ``select`` on the tick, sent by ``deliver``
+(waiting for it if the first slot has not come yet). Then it stops the stack (``--keep``
+leaves it running for ``dispatcher`` and ``gcloud`` commands).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ FOLLOWED_LOGS = (
     "fn-results",
     "fn-maintenance",
     "fn-sync",
+    "fn-deliver",
     "scheduler",
 )
 COLOURS = {
@@ -42,7 +45,11 @@ COLOURS = {
     "fn-fanout": "33",
     "collector": "32",
     "fn-results": "34",
+    "fn-deliver": "31",
 }
+#: The demo's digest (examples/subscriptions.yaml): every 2 minutes, so one comes within 2.
+DIGEST_SUBSCRIPTION = "acme-news"
+DIGEST_WAIT_SECONDS = 180.0
 
 
 class LogFollower:
@@ -80,6 +87,9 @@ def describe(component: str, entry: Mapping[str, Any]) -> str | None:
         if "job" not in entry:
             return None
         return f"Cloud Scheduler stand-in published job {entry['job']} to {entry.get('topic')}"
+    if component == "fn-deliver" and entry.get("delivery_key") is None:
+        # The stack's readiness probe (a GET without a token, answered 401), not an email task.
+        return None
     severity = str(entry.get("severity", "INFO"))
     if severity == "DEBUG":
         return None
@@ -94,6 +104,8 @@ def describe(component: str, entry: Mapping[str, Any]) -> str | None:
             "due",
             "published",
             "tasks",
+            "delivery_id",
+            "digests_planned",
         )
         if key in entry
     ]
@@ -151,6 +163,42 @@ def follow(stack_dir: Path, minutes: float) -> Counter[str]:
     return received
 
 
+def wait_for_digest(env: Mapping[str, str], timeout: float) -> dict[str, Any] | None:
+    """The first digest email the SMTP sink received for the demo's subscription, or None."""
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            messages = requests.get(f"{env['SMTP_SINK_URL']}/messages", timeout=5).json()
+        except (requests.RequestException, ValueError):
+            messages = []
+        for message in messages:
+            if " digest " in str(message.get("subject")) and DIGEST_SUBSCRIPTION in str(
+                message.get("raw")
+            ):
+                found: dict[str, Any] = message
+                return found
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(1.0)
+
+
+def print_digest(message: Mapping[str, Any]) -> None:
+    """The digest as a person would read it: envelope, headers, the plain-text part."""
+    import email
+    import email.policy
+
+    parsed = email.message_from_string(str(message.get("raw", "")), policy=email.policy.default)
+    body = parsed.get_body(preferencelist=("plain",))
+    print(f"  To:         {', '.join(message.get('rcpt_tos', []))}")
+    print(f"  Subject:    {message.get('subject')}")
+    print(f"  Message-ID: {message.get('message_id')}")
+    print(f"  Received:   {message.get('received_at')}")
+    if body is not None:
+        print("  " + "\n  ".join(str(body.get_content()).rstrip().splitlines()))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=3.0, help="how long to follow")
@@ -191,6 +239,14 @@ def main(argv: list[str] | None = None) -> int:
         cli(env, "ledger", "runs", "acme-news")
         cli(env, "ledger", "dispatches", "acme-news", "--limit", "6")
         cli(env, "ledger", "outcomes", "--since", "1h")
+        print(f"\nWaiting for the scheduled digest of {DIGEST_SUBSCRIPTION} at the SMTP sink…")
+        digest = wait_for_digest(env, DIGEST_WAIT_SECONDS)
+        if digest is None:
+            print(f"no digest arrived within {DIGEST_WAIT_SECONDS:g}s: see `dispatcher stack logs`")
+            return 1
+        cli(env, "deliveries", "list", DIGEST_SUBSCRIPTION)
+        print("\nThe digest email the SMTP sink received (one per recipient, this is the first):")
+        print_digest(digest)
     finally:
         if args.keep:
             print(f"\nStack left running: `source {stack.env_path}`; stop: dispatcher stack down")

@@ -20,11 +20,14 @@ from shared.dal import DUE_TOPIC, completion_publisher, ledger, make_store, make
 from shared.envelope import PushMessage
 from shared.usecases.fanout import FanoutDependencies, FanoutResult
 from shared.usecases.fanout import fanout as _fanout
+from shared.usecases.plan_deliveries import PlanDependencies
 from shared.usecases.results import ResultsDependencies
 from shared.usecases.results import record_result as _record_result
+from shared.usecases.select_digests import DigestDependencies
 from shared.usecases.select_due import SelectDependencies, SelectResult, select_due
 
 __all__ = [
+    "digest_dependencies",
     "fanout",
     "fanout_dependencies",
     "record_result",
@@ -50,6 +53,50 @@ def select_dependencies() -> SelectDependencies:
             settings.topic_path(DUE_TOPIC),
             timeout=settings.publish_timeout_seconds,
         ),
+        digests=digest_dependencies(),
+    )
+
+
+@functools.cache
+def digest_dependencies() -> DigestDependencies:
+    """Scheduled digests on select's tick: the ``delivery_schedules`` store, and the email
+    planner (Cloud Tasks, email settings) built only when a digest is first due.
+
+    No ledger: select plans digests without a claim (``store=None``, see
+    :func:`shared.usecases.plan_deliveries.plan_delivery`). select may run one instance per
+    dispatcher shard (32 in production), which the database's connection budget has no room
+    for; the deliver function records each email's row on its first attempt.
+    """
+    from shared import clients
+    from shared.config import get_settings
+    from shared.dal.digest_schedules import FirestoreDigestSchedules
+
+    settings = get_settings()
+    return DigestDependencies(
+        schedules=FirestoreDigestSchedules(
+            clients.firestore_client,
+            timeout=settings.dependency_timeout_seconds,
+            retry_budget=settings.dependency_retry_budget_seconds,
+        ),
+        plan=_digest_planner,
+    )
+
+
+@functools.cache
+def _digest_planner() -> PlanDependencies:
+    # functools.cache keeps no exception: an invalid [email] section is reported on every tick
+    # that has a digest due (shared.usecases.select_due), and picked up once fixed.
+    from shared.config import get_settings
+    from shared.email_settings import load_email_settings
+
+    settings = get_settings()
+    return PlanDependencies(
+        store=None,
+        tasks=make_task_gateway(settings),
+        subscriptions=make_store(settings),
+        settings=load_email_settings(),
+        project=settings.project,
+        location=settings.tasks_location,
     )
 
 

@@ -1,8 +1,6 @@
 # Email deliveries (docs/deliveries.md): the email queue, the deliver function (an HTTP target of
 # Cloud Tasks, not a push target, hence not in local.function_topics), its identities, the SMTP
 # password secret and the grants between them. Every grant is a row of the README role table.
-#
-# Not here yet: select's grants for scheduled digests (not wired to the tick yet).
 
 variable "email_queue_name" {
   description = "Name of the email queue ([email] queue in app.toml; a test checks)."
@@ -219,4 +217,25 @@ resource "google_service_account_iam_member" "plan_deliveries_acts_as_email_invo
   service_account_id = google_service_account.email_invoker.name
   role               = "roles/iam.serviceAccountUser"
   member             = "serviceAccount:${google_service_account.function["plan-deliveries"].email}"
+}
+
+# --- select: scheduled digests on the tick (shared/usecases/select_digests.py) --------------------
+# select reads and advances delivery_schedules with its datastore.user grant (iam.tf); its due
+# query (next_run_at <= now, ordered by next_run_at) and the admin's per-subscription query are
+# served by Firestore's automatic single-field indexes, so there is no composite index for them.
+# It plans the digest emails itself, without a ledger claim (no DATABASE_URL: its instances do
+# not fit the database's connection budget), so it needs only these two grants.
+
+resource "google_cloud_tasks_queue_iam_member" "select_enqueues_email" {
+  project  = var.project_id
+  location = google_cloud_tasks_queue.email.location
+  name     = google_cloud_tasks_queue.email.name
+  role     = "roles/cloudtasks.enqueuer"
+  member   = "serviceAccount:${google_service_account.function["select"].email}"
+}
+
+resource "google_service_account_iam_member" "select_acts_as_email_invoker" {
+  service_account_id = google_service_account.email_invoker.name
+  role               = "roles/iam.serviceAccountUser"
+  member             = "serviceAccount:${google_service_account.function["select"].email}"
 }

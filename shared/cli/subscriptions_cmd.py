@@ -111,6 +111,7 @@ def import_(
                     known_kinds=ctx.settings.queues.keys(),
                     replace=replace,
                     origin=candidate.origin,
+                    schedules=ctx.digest_schedules(),
                 )
             )
     if as_json:
@@ -205,6 +206,7 @@ def add(  # noqa: PLR0917 - each parameter is a Typer option
         known_kinds=ctx.settings.queues.keys(),
         replace=replace,
         origin=candidate.origin,
+        schedules=ctx.digest_schedules(),
     )
     if result.action == "exists":
         raise CliError(f"subscription {result.id!r} already exists (--replace overwrites it)")
@@ -365,7 +367,10 @@ def _set_paused(
     from shared.ops.subscriptions import set_paused
 
     ctx = OpsContext(project)
-    results = [set_paused(ctx.store(), s, paused, now=utcnow) for s in subscription_ids]
+    results = [
+        set_paused(ctx.store(), s, paused, now=utcnow, schedules=ctx.digest_schedules())
+        for s in subscription_ids
+    ]
     if as_json:
         print_json(
             [
@@ -425,8 +430,13 @@ def delete(
     """Delete subscriptions (their ledger history stays until pruned)."""
     if not yes and not typer.confirm(f"Delete {', '.join(subscription_ids)}?"):
         raise typer.Abort()
+    from shared.ops.subscriptions import delete_subscription
+
     ctx = OpsContext(project)
-    results = {s: ctx.store().delete(s) for s in subscription_ids}
+    results = {
+        s: delete_subscription(ctx.store(), s, now=utcnow, schedules=ctx.digest_schedules())
+        for s in subscription_ids
+    }
     if as_json:
         print_json([{"id": s, "deleted": d} for s, d in results.items()])
     else:

@@ -15,6 +15,7 @@ from typing import Any
 __all__ = [
     "Advance",
     "AlreadyExists",
+    "DigestSchedule",
     "OutboundMessage",
     "StoreConflict",
     "StoredSubscription",
@@ -83,3 +84,34 @@ class TaskRequest:
     schedule_time: datetime
     service_account: str
     audience: str
+
+
+@dataclass(frozen=True)
+class DigestSchedule:
+    """One ``delivery_schedules`` document as read (id ``<subscription>.<delivery>``).
+
+    ``next_run_at`` is the next digest slot to plan (``None``: retired, never due); ``last_slot``
+    the slot of the last digest planned, where the next one's period starts. ``cron`` and
+    ``timezone`` are the delivery's schedule when the document was last written, so an edit of
+    the cron is seen and ``next_run_at`` recomputed. ``version`` is the adapter's opaque
+    precondition token (the Firestore update time): a write conditioned on it fails if anybody
+    wrote the document since it was read.
+    """
+
+    subscription_id: str
+    delivery_id: str
+    next_run_at: datetime | None
+    last_slot: datetime | None = None
+    version: object = None
+    cron: str | None = None
+    timezone: str | None = None
+
+    @property
+    def id(self) -> str:
+        """The document id."""
+        return schedule_id(self.subscription_id, self.delivery_id)
+
+
+def schedule_id(subscription_id: str, delivery_id: str) -> str:
+    """``<subscription>.<delivery>``: unambiguous, as neither id may contain a dot."""
+    return f"{subscription_id}.{delivery_id}"

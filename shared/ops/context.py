@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 if TYPE_CHECKING:
     from shared.config import Settings
+    from shared.dal.digest_schedules import FirestoreDigestSchedules
     from shared.dal.firestore_store import FirestoreSubscriptionStore
     from shared.ledger.repository import Ledger
 
@@ -49,6 +50,20 @@ class OpsContext:
             "store", lambda: make_store(self.settings, self.firestore)
         )
         return store
+
+    def digest_schedules(self) -> FirestoreDigestSchedules:
+        """The ``delivery_schedules`` collection (scheduled digests)."""
+        from shared.dal.digest_schedules import FirestoreDigestSchedules
+
+        schedules: FirestoreDigestSchedules = self._get(
+            "digest_schedules",
+            lambda: FirestoreDigestSchedules(
+                self.firestore,
+                timeout=self.settings.dependency_timeout_seconds,
+                retry_budget=self.settings.dependency_retry_budget_seconds,
+            ),
+        )
+        return schedules
 
     def publisher(self) -> Any:
         """A Pub/Sub publisher client."""

@@ -16,6 +16,11 @@ without a Cloud Tasks queue could never be dispatched).
   slot of the (new) schedule at or after ``min(stored next_run_at, now)``, so slots still waiting
   for a late tick or catch-up are not skipped; running it twice changes nothing the second time;
 * no slot left before ``ends_at``: ``None`` and ``status: expired``.
+
+Scheduled digests have their own documents (``delivery_schedules``, one per cron delivery):
+every write here is followed by :func:`~shared.ops.delivery_schedules.sync_delivery_schedules`
+when the caller passes the schedules store (the CLI always does), which creates, recomputes or
+retires them (rules in that module).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from shared.contracts import get_contract
 from shared.dal.records import AlreadyExists, StoreConflict, StoredSubscription
 from shared.errors import SchemaValidationError
 from shared.instants import format_instant
+from shared.ops.delivery_schedules import ScheduleAdmin, sync_delivery_schedules
 from shared.ops.store import SubscriptionStore
 from shared.scheduling import next_run_for
 from shared.subscription import InvalidSubscription, Subscription, shard_for
@@ -322,11 +328,20 @@ def write_subscription(
     known_kinds: Iterable[str] | None,
     replace: bool = False,
     origin: str | None = None,
+    schedules: ScheduleAdmin | None = None,
 ) -> WriteResult:
     """Create the subscription, or (``replace``) overwrite it keeping ``created_at``.
 
-    Without ``replace`` an existing document is left alone (action ``exists``).
+    Without ``replace`` an existing document is left alone (action ``exists``). With
+    ``schedules``, the digest schedules follow the written document (also when it was
+    ``unchanged``: a second import repairs what an interrupted one left).
     """
+
+    def done(result: WriteResult, subscription: Subscription) -> WriteResult:
+        if schedules is not None:
+            sync_delivery_schedules(schedules, subscription_id, subscription, now=now())
+        return result
+
     for _ in range(_CONFLICT_RETRIES):
         existing = store.get(subscription_id) if replace else None
         subscription, document = build_document(
@@ -339,15 +354,21 @@ def write_subscription(
             origin=origin,
         )
         if existing is not None and _same_user_fields(existing.data, document):
-            return WriteResult(
-                subscription_id, "unchanged", _as_dt(existing.data.get("next_run_at"))
+            return done(
+                WriteResult(subscription_id, "unchanged", _as_dt(existing.data.get("next_run_at"))),
+                subscription,
             )
         try:
             if existing is None:
                 store.create(subscription_id, document)
-                return WriteResult(subscription_id, "created", subscription.next_run_at)
+                return done(
+                    WriteResult(subscription_id, "created", subscription.next_run_at),
+                    subscription,
+                )
             store.replace(subscription_id, document, if_updated_at=existing.update_time)
-            return WriteResult(subscription_id, "replaced", subscription.next_run_at)
+            return done(
+                WriteResult(subscription_id, "replaced", subscription.next_run_at), subscription
+            )
         except AlreadyExists:
             if not replace:
                 return WriteResult(subscription_id, "exists", None)
@@ -385,14 +406,22 @@ def set_paused(
     paused: bool,
     *,
     now: Callable[[], datetime],
+    schedules: ScheduleAdmin | None = None,
 ) -> StateChange:
-    """Pause or resume; idempotent. One conditional write on the document's update time."""
+    """Pause or resume; idempotent. One conditional write on the document's update time.
+
+    With ``schedules``, the digest schedules are synced afterwards: a pause leaves them
+    running (select moves a paused subscription's digests on without sending), so this only
+    repairs, or retires them when resuming finds the subscription expired.
+    """
     for _ in range(_CONFLICT_RETRIES):
         current = store.get(subscription_id)
         if current is None:
             raise SubscriptionNotFound(subscription_id)
         subscription = parse_stored(current)
         if subscription.paused == paused:
+            if schedules is not None:
+                sync_delivery_schedules(schedules, subscription_id, subscription, now=now())
             return StateChange(
                 subscription_id, False, paused, subscription.next_run_at, subscription.status
             )
@@ -411,8 +440,30 @@ def set_paused(
         except StoreConflict:
             time.sleep(0.05)
             continue
+        if schedules is not None:
+            written = _replace(subscription, paused=paused, status=status, next_run_at=next_run)
+            sync_delivery_schedules(schedules, subscription_id, written, now=instant)
         return StateChange(subscription_id, True, paused, next_run, status)
+
     raise StoreConflict(f"subscription {subscription_id!r} keeps changing; try again")
+
+
+def delete_subscription(
+    store: SubscriptionStore,
+    subscription_id: str,
+    *,
+    now: Callable[[], datetime],
+    schedules: ScheduleAdmin | None = None,
+) -> bool:
+    """Delete the document (False when there was none), then retire its digest schedules.
+
+    The schedules are retired even when the document was already gone: a delete interrupted
+    after the document went is finished by running it again.
+    """
+    deleted = store.delete(subscription_id)
+    if schedules is not None:
+        sync_delivery_schedules(schedules, subscription_id, None, now=now())
+    return deleted
 
 
 @dataclass

@@ -4,8 +4,9 @@ Two callers share :func:`plan_delivery`:
 
 * :func:`plan_after_run`, on each ``run-completed`` event: every ``after: run`` delivery of the
   subscription, for the run's slot, with the run id;
-* the scheduled digests (a digest's cron slot and the start of its period) -- the selection of
-  due digests is not wired yet (docs/deliveries.md, "What remains").
+* the scheduled digests, on select's tick (:mod:`shared.usecases.select_digests`): a digest's
+  cron slot and the start of its period, planned **without a ledger claim** (``store=None``):
+  select runs on up to one instance per dispatcher shard and holds no PostgreSQL connection.
 
 Exactly one task per key, whatever is duplicated upstream: the row is claimed in the ledger
 (``INSERT .. ON CONFLICT DO NOTHING``) before the task is created, and the task is named from
@@ -57,7 +58,8 @@ class SubscriptionReader(Protocol):
 
 @dataclass(frozen=True)
 class PlanDependencies:
-    store: EmailClaims
+    # None: plan without a ledger claim (select's scheduled digests, see plan_delivery).
+    store: EmailClaims | None
     tasks: TaskCreator
     subscriptions: SubscriptionReader
     settings: EmailSettings
@@ -100,18 +102,27 @@ def plan_delivery(
             message_id=message_id(key, settings.message_id_domain),
             run_id=run_id,
         )
-        claim = deps.store.claim(spec)
-        if not claim.must_create:
-            result.existing.append(key)
-            continue
+        if deps.store is None:
+            # No claim: select plans scheduled digests and holds no ledger connection (its
+            # instances do not fit the database's connection budget). The task's name is the
+            # key's hash all the same, so overlapping ticks meet ALREADY_EXISTS; the deliver
+            # function inserts the row on its first attempt (begin_send), and its conditional
+            # write still allows one send per key, however many tasks arrive.
+            task_name = spec.task_name
+        else:
+            claim = deps.store.claim(spec)
+            if not claim.must_create:
+                result.existing.append(key)
+                continue
+            # The stored name: a retry re-creates exactly what the first attempt may have made.
+            task_name = claim.row.task_name
         body: dict[str, Any] = {"delivery_key": key.to_json(), "format": delivery.format}
         if run_id is not None:
             body["run_id"] = run_id
         if period_start is not None:
             body["period_start"] = period_start.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         request = TaskRequest(
-            # The stored name: a retry re-creates exactly what the first attempt may have made.
-            name=claim.row.task_name,
+            name=task_name,
             queue=queue_path,
             url=settings.deliver_url,
             body=json.dumps(body, sort_keys=True).encode(),
@@ -120,11 +131,16 @@ def plan_delivery(
             audience=settings.deliver_url,
         )
         try:
-            deps.tasks.create(request)
+            outcome = deps.tasks.create(request)
         except DispatcherError as exc:
-            deps.store.task_failed(key, str(exc))
+            if deps.store is not None:
+                deps.store.task_failed(key, str(exc))
             raise
-        deps.store.task_created(key)
+        if deps.store is not None:
+            deps.store.task_created(key)
+        elif outcome is CreateOutcome.ALREADY_EXISTS:
+            result.existing.append(key)
+            continue
         result.created.append(key)
     return result
 

@@ -52,6 +52,29 @@ race; overlapping ticks; Pub/Sub redelivering a due message). Every duplicate ca
 (subscription, slot), so fanout derives the same dispatch keys: the ledger's unique key and the
 Cloud Task names absorb them, and each (subscription, slot, source) is dispatched exactly once.
 
+Scheduled digests ride the same tick, after collection: :func:`select_digests_of_tick` runs
+:func:`shared.usecases.select_digests.run_digests` for the tick's time (not on ``dry_run``
+ticks, nor on ticks naming a shard other than 0: digests are not sharded). Their failures never
+stop collection, which has finished (its messages confirmed, its documents advanced) before the
+digests start, and are never silently acknowledged:
+
+* every failed digest is one ERROR line (``decision: digest-failed``, the subscription, the
+  delivery, the reason class, ``retryable``), and its schedule is not advanced, so it stays due;
+* a failure a retry could cure (Firestore or Cloud Tasks unavailable, or an unexpected
+  exception, as the handler treats those) fails the tick with a
+  :class:`DigestsFailedError` (retryable, HTTP 5xx) once everything else is done: Pub/Sub
+  redelivers the tick (10-60 s backoff, 5 attempts, then the tick's dead-letter topic). The
+  redelivery is cheap and harmless: collection finds its documents already advanced (or
+  publishes duplicates the dispatch keys absorb), and digest planning is idempotent (tasks
+  named from the delivery key; the deliver function's row allows one send per key);
+* a permanent failure (Cloud Tasks refused the email task, a malformed subscription) does not
+  fail the tick: redelivering it cannot help, and dead-lettering a valid tick would be wrong.
+  Every following tick tries the still-due schedule again, one ERROR line each, until it is
+  fixed or the slot is older than the digest's ``max_age`` (then dropped with a log line; the
+  next slot reports the period).
+
+The next minute's tick is a retry too, whatever happened: a due schedule stays due.
+
 Paused and expired subscriptions are not due (the query excludes them). ``dry_run`` ticks log
 what would be published and write nothing.
 
@@ -79,13 +102,15 @@ from shared.config import Settings
 from shared.contracts import get_contract
 from shared.dal.records import Advance, OutboundMessage, StoredSubscription
 from shared.envelope import PushMessage, parse_rfc3339
-from shared.errors import InvalidRequestError, PermanentError, RetryableError
+from shared.errors import DispatcherError, InvalidRequestError, PermanentError, RetryableError
 from shared.instants import format_instant, format_slot
 from shared.scheduling import TickPlan, plan_tick
 from shared.subscription import InvalidSubscription, Subscription
+from shared.usecases.select_digests import DigestDependencies, DigestTickResult, run_digests
 
 __all__ = [
     "MAX_SNAPSHOT_MESSAGE_BYTES",
+    "DigestsFailedError",
     "DuePublisher",
     "SelectDependencies",
     "SelectResult",
@@ -138,6 +163,18 @@ def check_tick_skew(tick: datetime, now: datetime, skew_seconds: float) -> None:
         raise TickTooFarAheadError(tick, now, skew_seconds)
 
 
+class DigestsFailedError(RetryableError):
+    """Scheduled digests of a tick failed in a way a redelivery of the tick could cure."""
+
+    def __init__(self, tick: datetime, failures: Sequence[str]) -> None:
+        shown = "; ".join(failures[:3]) + (
+            f"; and {len(failures) - 3} more" if len(failures) > 3 else ""
+        )
+        super().__init__(
+            f"tick {format_slot(tick)}: {len(failures)} digest failure(s), collection done: {shown}"
+        )
+
+
 class SubscriptionDueStore(Protocol):
     """What select needs from the ``subscriptions`` collection."""
 
@@ -177,6 +214,8 @@ class SelectDependencies:
     store: SubscriptionDueStore
     publisher: DuePublisher
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    # Scheduled digests on the tick; None leaves them out (benchmarks, collection-only tests).
+    digests: DigestDependencies | None = None
 
 
 @dataclass
@@ -193,6 +232,7 @@ class SelectResult:
     conflicts: int = 0
     invalid: int = 0
     messages: list[dict[str, Any]] = field(default_factory=list)
+    digests: DigestTickResult | None = None
 
     def add(self, other: SelectResult) -> None:
         """Fold a shard's counts into this total."""
@@ -262,6 +302,12 @@ def select_due(
                     "shard %d failed: %s", s, exc.message, extra={"shard": s, "decision": "retry"}
                 )
                 errors.append(exc)
+    if deps.digests is not None and not dry_run and shard in (None, 0):
+        # After collection, whatever it did: a shard's failure must not hold up the digests,
+        # nor a digest's failure the collection (module docstring).
+        total.digests, digest_error = select_digests_of_tick(deps.digests, tick)
+        if digest_error is not None:
+            errors.append(digest_error)
     logger.info(
         "tick %s: %d due read, %d published, %d dropped, %d advanced, %d expired, %d conflicts%s",
         format_slot(tick),
@@ -279,11 +325,58 @@ def select_due(
             "published": total.published,
             "advanced": total.advanced,
             "shards": len(shards),
+            **_digest_counts(total.digests),
         },
     )
     if errors:
         raise errors[0]
     return total
+
+
+def select_digests_of_tick(
+    deps: DigestDependencies, tick: datetime
+) -> tuple[DigestTickResult, RetryableError | None]:
+    """Run the tick's digest path; what it did, and the error to fail the tick with, if any.
+
+    Permanent failures are logged (by the digest path, one line each) and not returned: see
+    the module docstring for why the tick is acknowledged then.
+    """
+    try:
+        result = run_digests(tick, deps)
+    except Exception as exc:  # the due query failed, or the planner could not be built
+        reason = exc.message if isinstance(exc, DispatcherError) else f"{type(exc).__name__}: {exc}"
+        logger.error(
+            "digests of tick %s not selected: %s",
+            format_slot(tick),
+            reason,
+            exc_info=not isinstance(exc, DispatcherError),
+            extra={
+                "tick_time": format_slot(tick),
+                "decision": "digest-failed",
+                "reason_class": type(exc).__name__,
+                "retryable": not isinstance(exc, PermanentError),
+            },
+        )
+        if isinstance(exc, PermanentError):
+            return DigestTickResult(), None
+        return DigestTickResult(), DigestsFailedError(tick, [reason])
+    retryable = [
+        f"{subscription_id}/{delivery_id}: {error.message}"
+        for subscription_id, delivery_id, error in result.failed
+        if error.retryable
+    ]
+    return result, DigestsFailedError(tick, retryable) if retryable else None
+
+
+def _digest_counts(result: DigestTickResult | None) -> dict[str, int]:
+    if result is None:
+        return {}
+    return {
+        "digests_planned": len(result.planned),
+        "digests_dropped": len(result.dropped),
+        "digests_retired": len(result.retired),
+        "digests_failed": len(result.failed),
+    }
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from shared.dal.records import StoredSubscription
+from shared.dal.records import DigestSchedule, StoredSubscription
 from shared.email_settings import load_email_settings
 from shared.usecases.plan_deliveries import PlanDependencies
-from shared.usecases.select_digests import DigestSchedule, select_due_digests
+from shared.usecases.select_digests import select_due_digests
 from tests.unit.deliveries.fakes import NOW, FakeEmailStore, FakeSubscriptions, FakeTasks
 from tests.unit.deliveries.test_deliver_use_case import subscription
 
@@ -33,7 +33,9 @@ class FakeSchedules:
     def due(self, now: datetime, limit: int) -> Sequence[DigestSchedule]:
         if self.stale and self._snapshot is not None and self._snapshot[0] == now:
             return self._snapshot[1]
-        found = [s for s in self.docs.values() if s.next_run_at <= now][:limit]
+        found = [
+            s for s in self.docs.values() if s.next_run_at is not None and s.next_run_at <= now
+        ][:limit]
         self._snapshot = (now, found)
         return found
 

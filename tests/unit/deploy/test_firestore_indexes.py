@@ -76,3 +76,44 @@ def test_each_query_has_its_composite_index(index: str, run: Any) -> None:
     run(FirestoreSubscriptionStore(cast(Any, lambda: client)))
     [query] = client.queries
     assert _query_fields(query) == _index_fields(index)
+
+
+class RecordingSchedulesClient:
+    """The same recorder for ``delivery_schedules``."""
+
+    def __init__(self) -> None:
+        self.queries: list[RecordingQuery] = []
+
+    def collection(self, name: str) -> RecordingQuery:
+        assert name == "delivery_schedules"
+        query = RecordingQuery()
+        self.queries.append(query)
+        return query
+
+
+@pytest.mark.parametrize(
+    "run",
+    [
+        lambda schedules: schedules.due(NOW, 500),
+        lambda schedules: schedules.for_subscription("acme"),
+    ],
+)
+def test_digest_schedule_queries_need_no_composite_index(run: Any) -> None:
+    """Firestore serves one range filter ordered by the same field, or one equality, from its
+    automatic single-field indexes: terraform/ declares nothing for ``delivery_schedules``, and
+    a query that starts needing a composite index fails here."""
+    from shared.dal.digest_schedules import FirestoreDigestSchedules
+    from tests.unit.deploy.hcl import resources
+
+    client = RecordingSchedulesClient()
+    run(FirestoreDigestSchedules(cast(Any, lambda: client)))
+    [query] = client.queries
+    fields = {field for field, _ in query.filters} | set(query.order)
+    assert len(fields) == 1, f"more than one field: needs a composite index ({fields})"
+    declared = [
+        address
+        for address, r in resources().items()
+        if address.startswith("google_firestore_index.")
+        and r.body.get("collection") == "delivery_schedules"
+    ]
+    assert declared == []
