@@ -175,7 +175,7 @@ def run(messages: int, rounds: int, warmup: int, settle: float = 0.0) -> dict[st
             for shard in range(queue.shards):
                 admin.pause_queue(name=settings.queue_path(queue.kind, shard))
 
-        app = create_app(target="handle", source=str(ROOT / "functions/fanout/main.py"))
+        app = create_app(target="handle", source=str(ROOT / "functions/fanout/main.py"))  # type: ignore[no-untyped-call]
         client = app.test_client()
         now = datetime.now(UTC).replace(second=0, microsecond=0)
 
