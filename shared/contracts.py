@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import zoneinfo
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -30,7 +31,7 @@ from jsonschema.exceptions import ValidationError, best_match, relevance
 
 from shared.envelope import parse_rfc3339
 from shared.errors import SchemaValidationError, ValidationIssue, preview
-from shared.paths import project_root
+from shared.paths import HOME_ENV, project_root
 from shared.schema_compiler import compile_schema
 
 #: The contract files, by the name topics.yaml and the CLI use.
@@ -253,7 +254,20 @@ def _load(directory: Path, name: str) -> Contract:
 
 def get_contract(name: str, directory: Path | None = None) -> Contract:
     """The compiled contract ``name`` (``due``, ``due.v1`` or ``due.v1.json``), cached."""
-    return _load(directory or schemas_dir(), resolve_name(name))
+    if directory is None:
+        # The hot path (every message in, every task body out): one dict lookup instead of
+        # building and hashing the schemas path each time. Keyed by DISPATCHER_HOME too, which
+        # is what schemas_dir() depends on.
+        key = (os.environ.get(HOME_ENV), name)
+        found = _DEFAULT_DIRECTORY.get(key)
+        if found is None:
+            found = _DEFAULT_DIRECTORY[key] = _load(schemas_dir(), resolve_name(name))
+        return found
+    return _load(directory, resolve_name(name))
+
+
+# (DISPATCHER_HOME, name as asked) -> contract, for get_contract without a directory.
+_DEFAULT_DIRECTORY: dict[tuple[str | None, str], Contract] = {}
 
 
 def validate(name: str, payload: Any, directory: Path | None = None) -> None:

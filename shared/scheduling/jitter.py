@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
+
+from shared.instants import format_slot
 
 __all__ = ["jitter_offset"]
 
@@ -24,7 +26,7 @@ def jitter_offset(subscription_id: str, slot: datetime, max_seconds: int) -> tim
         raise ValueError(f"slot must be timezone-aware, got naive {slot.isoformat()}")
     if max_seconds == 0:
         return timedelta(0)
-    key = f"{subscription_id}|{slot.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}"
+    key = f"{subscription_id}|{format_slot(slot)}"
     digest = hashlib.sha256(key.encode("utf-8")).digest()
     steps = max_seconds * _RESOLUTION_MS + 1
     # 64 bits reduced modulo at most 59_001 steps: the modulo bias is below 1e-14.

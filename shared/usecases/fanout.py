@@ -87,7 +87,7 @@ from shared.errors import (
     UnknownSubscriptionError,
 )
 from shared.instants import format_instant, format_slot
-from shared.ledger.repository import Claim, RunClaims, RunRef, SourceSpec
+from shared.ledger.repository import Claim, RunClaims, SourceSpec
 from shared.scheduling import floor_minute, jitter_offset
 from shared.subscription import InvalidSubscription, Source, Subscription
 
@@ -330,8 +330,18 @@ def fanout(
     result.already_done = [c.source_id for c in claims if not c.must_create]
 
     requests = [
-        _task_request(
-            deps.settings, subscription, source=by_source[c.source_id], claim=c, run=run, now=now
+        build_task_request(
+            deps.settings,
+            subscription,
+            source=by_source[c.source_id],
+            slot=c.slot,
+            task_name=c.task_name,
+            queue=c.queue,
+            reason=run.reason,
+            run_id=run.id,
+            now=now,
+            # Computed above for the message's slot, which is every claim's slot.
+            schedule_time=schedule_time if c.slot == slot else None,
         )
         for c in todo
     ]
@@ -461,28 +471,6 @@ def _source_specs(
     return specs
 
 
-def _task_request(
-    settings: Settings,
-    subscription: Subscription,
-    *,
-    source: Source,
-    claim: Claim,
-    run: RunRef,
-    now: datetime,
-) -> TaskRequest:
-    return build_task_request(
-        settings,
-        subscription,
-        source=source,
-        slot=claim.slot,
-        task_name=claim.task_name,
-        queue=claim.queue,
-        reason=run.reason,
-        run_id=run.id,
-        now=now,
-    )
-
-
 def build_task_request(
     settings: Settings,
     subscription: Subscription,
@@ -494,13 +482,16 @@ def build_task_request(
     reason: str,
     run_id: int,
     now: datetime,
+    schedule_time: datetime | None = None,
 ) -> TaskRequest:
     """The Cloud Task of one dispatch: body, collector URL, OIDC identity and schedule time.
 
     ``task_name`` and ``queue`` are the ones stored in the ledger row (a retry or maintenance
     ``reconcile`` recreates exactly what the first attempt tried); ``reason`` and ``run_id`` are
-    the run's. Raises :class:`~shared.errors.SchemaValidationError` if the body breaks the
-    collector contract, :class:`~shared.config.ConfigError` for a kind without a collector.
+    the run's. ``schedule_time``, when the caller has it, is :func:`task_schedule_time` of the
+    slot (fanout computes it once per message, not once per task). Raises
+    :class:`~shared.errors.SchemaValidationError` if the body breaks the collector contract,
+    :class:`~shared.config.ConfigError` for a kind without a collector.
     """
     slot = slot.astimezone(UTC)
     key = DispatchKey(subscription.id, slot, source.id)
@@ -524,7 +515,7 @@ def build_task_request(
         queue=queue,
         url=url,
         body=json.dumps(body, separators=(",", ":"), sort_keys=True).encode(),
-        schedule_time=task_schedule_time(settings, subscription, slot),
+        schedule_time=schedule_time or task_schedule_time(settings, subscription, slot),
         service_account=settings.collector_service_account,
         audience=url,
     )

@@ -45,14 +45,14 @@ queues = {
 }
 
 # Sized by the capacity model for 100,000 due subscriptions x 3 sources in one minute
-# (bench/capacity.py sized_for; docs/capacity.md): fanout 42 instances x 7 concurrent requests
+# (bench/capacity.py sized_for; docs/capacity.md): fanout 37 instances x 7 concurrent requests
 # (one vCPU busy while the others wait on Firestore, the ledger and Cloud Tasks), select room for
 # one tick per dispatcher shard. One warm select instance: the tick arrives every minute and a
-# cold start eats into it. Ledger functions x pool (7) = (42 + 2 + 2 + 2 + 5) x 7 = 371 <= 400 - 20
+# cold start eats into it. Ledger functions x pool (7) = (37 + 2 + 2 + 2 + 5) x 7 = 336 <= 400 - 20
 # (fanout, maintenance, sync, results, plan-deliveries).
 functions = {
   select            = { memory = "512Mi", cpu = "1", timeout_seconds = 120, min_instances = 1, max_instances = 32, concurrency = 1 }
-  fanout            = { memory = "512Mi", cpu = "1", timeout_seconds = 60, min_instances = 0, max_instances = 42, concurrency = 7 }
+  fanout            = { memory = "512Mi", cpu = "1", timeout_seconds = 60, min_instances = 0, max_instances = 37, concurrency = 7 }
   maintenance       = { memory = "512Mi", cpu = "1", timeout_seconds = 540, min_instances = 0, max_instances = 2, concurrency = 1 }
   sync              = { memory = "512Mi", cpu = "1", timeout_seconds = 300, min_instances = 0, max_instances = 2, concurrency = 1 }
   results           = { memory = "512Mi", cpu = "1", timeout_seconds = 60, min_instances = 0, max_instances = 2, concurrency = 1 }
