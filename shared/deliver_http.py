@@ -55,6 +55,11 @@ def _verifier(certs_url: str) -> OidcVerifier:
     return OidcVerifier(certs_url)
 
 
+#: The deliver function's ledger pool. Terraform counts it in the database's connection budget
+#: (local.deliver_pool_max_size; tests/unit/deploy checks the two agree).
+DELIVER_POOL_MAX_SIZE = 1
+
+
 @functools.cache
 def _dependencies() -> DeliverDependencies:
     from shared.dal.firestore_store import FirestoreSubscriptionStore
@@ -74,7 +79,13 @@ def _dependencies() -> DeliverDependencies:
 
     return DeliverDependencies(
         store=EmailLedger(
-            open_pool(settings.database_url, timeout=settings.dependency_timeout_seconds)
+            # One request per instance (deliver_function.concurrency = 1) makes its statements
+            # one after another: one connection, which is what the connection budget counts.
+            open_pool(
+                settings.database_url,
+                max_size=DELIVER_POOL_MAX_SIZE,
+                timeout=settings.dependency_timeout_seconds,
+            )
         ),
         sender=SmtpSender(email),
         subscriptions=FirestoreSubscriptionStore(

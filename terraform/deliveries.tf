@@ -45,6 +45,12 @@ variable "deliver_function" {
     concurrency     = number
   })
   default = { memory = "512Mi", cpu = "1", timeout_seconds = 60, min_instances = 0, max_instances = 10, concurrency = 1 }
+
+  validation {
+    # Its ledger pool holds one connection (local.deliver_pool_max_size), counted per instance.
+    condition     = var.deliver_function.concurrency == 1
+    error_message = "deliver_function.concurrency must be 1: one SMTP conversation and one ledger connection per instance."
+  }
 }
 
 resource "google_cloud_tasks_queue" "email" {

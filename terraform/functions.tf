@@ -90,8 +90,8 @@ resource "google_cloudfunctions2_function" "function" {
   # The sizing comes from the capacity model (bench/capacity.py, docs/capacity.md).
   lifecycle {
     precondition {
-      condition     = sum([for name in local.database_functions : var.functions[name].max_instances]) * var.ledger_pool_max_size <= var.database_max_connections - var.database_reserved_connections
-      error_message = "Σ max_instances of the ledger functions x ledger_pool_max_size exceeds database_max_connections - database_reserved_connections: lower instances or the pool, or raise the database's max_connections."
+      condition     = sum([for name in local.database_functions : var.functions[name].max_instances]) * var.ledger_pool_max_size + var.deliver_function.max_instances * local.deliver_pool_max_size <= var.database_max_connections - var.database_reserved_connections
+      error_message = "Σ max_instances of the ledger functions x ledger_pool_max_size, plus the deliver function's instances x its pool, exceeds database_max_connections - database_reserved_connections: lower instances or the pool, or raise the database's max_connections."
     }
   }
 

@@ -26,6 +26,10 @@ locals {
   # the secret (select works on Firestore and Pub/Sub alone).
   database_functions = toset(["fanout", "maintenance", "sync", "results", "plan-deliveries"])
 
+  # The deliver function (deliveries.tf) talks to the ledger too, one request per instance at a
+  # time on a pool of this size (shared/deliver_http.py DELIVER_POOL_MAX_SIZE).
+  deliver_pool_max_size = 1
+
   # The functions that create Cloud Tasks (fanout: one task per source; maintenance: reconcile
   # re-creates tasks the ledger says are missing). They enqueue and act as the collector invoker.
   task_functions = toset(["fanout", "maintenance"])

@@ -48,8 +48,9 @@ queues = {
 # (bench/capacity.py sized_for; docs/capacity.md): fanout 37 instances x 7 concurrent requests
 # (one vCPU busy while the others wait on Firestore, the ledger and Cloud Tasks), select room for
 # one tick per dispatcher shard. One warm select instance: the tick arrives every minute and a
-# cold start eats into it. Ledger functions x pool (7) = (37 + 2 + 2 + 2 + 5) x 7 = 336 <= 400 - 20
-# (fanout, maintenance, sync, results, plan-deliveries).
+# cold start eats into it. Ledger functions x pool (7) = (37 + 2 + 2 + 2 + 5) x 7 = 336, plus
+# deliver's 10 instances x 1 = 346 <= 400 - 20 (fanout, maintenance, sync, results,
+# plan-deliveries; deliver in deliveries.tf).
 functions = {
   select            = { memory = "512Mi", cpu = "1", timeout_seconds = 120, min_instances = 1, max_instances = 32, concurrency = 1 }
   fanout            = { memory = "512Mi", cpu = "1", timeout_seconds = 60, min_instances = 0, max_instances = 37, concurrency = 7 }

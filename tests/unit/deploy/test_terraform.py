@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from shared.deliver_http import DELIVER_POOL_MAX_SIZE
 from shared.topology import FUNCTION_NAMES
 from tests.unit.deploy.conftest import app_settings
 from tests.unit.deploy.hcl import (
@@ -399,8 +400,11 @@ def test_ledger_functions_fit_the_database_connection_budget(environment: str) -
         "database_reserved_connections", declared["database_reserved_connections"]["default"]
     )
     budget = values["database_max_connections"] - reserved
+    deliver = values.get("deliver_function", declared["deliver_function"]["default"])
+    assert deliver["concurrency"] == 1, "deliver's pool of one serves one request at a time"
     used = (
         sum(functions[name]["max_instances"] for name in database) * settings.ledger_pool_max_size
+        + deliver["max_instances"] * DELIVER_POOL_MAX_SIZE
     )
     assert used <= budget, f"{environment}: {used} connections > budget {budget}"
     for name in database:
@@ -414,7 +418,10 @@ def test_terraform_checks_the_connection_budget_and_threads_follow_concurrency()
     assert squash(precondition["condition"]) == squash(
         "${sum([for name in local.database_functions : var.functions[name].max_instances])"
         " * var.ledger_pool_max_size"
+        " + var.deliver_function.max_instances * local.deliver_pool_max_size"
         " <= var.database_max_connections - var.database_reserved_connections}"
     )
+    # The pool Terraform counts for deliver is the pool the deliver function opens.
+    assert locals_()["deliver_pool_max_size"] == DELIVER_POOL_MAX_SIZE
     env = function.block("service_config")["environment_variables"]
     assert env["THREADS"] == "${tostring(var.functions[each.key].concurrency)}"
