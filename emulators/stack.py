@@ -432,7 +432,6 @@ class LocalStack:
             import google.cloud.pubsub_v1 as pubsub_v1
 
             from shared.pubsub_admin import apply_topology
-            from shared.tasks_admin import apply_queues
 
             topology = load_topology()
             endpoints = {f: f"http://{HOST}:{self.ports[f'fn-{f}']}/" for f in FUNCTION_NAMES}
@@ -450,15 +449,7 @@ class LocalStack:
             finally:
                 subscriber.close()
                 publisher.transport.close()
-            settings = load_settings(environ=env)
-            apply_queues(settings)
-            # The email queue is not a source kind (app.toml [email]); same limits shape.
-            from dataclasses import replace as _replace
-
-            from shared.email_settings import load_email_settings
-
-            email = load_email_settings(environ=env).queue_config()
-            apply_queues(_replace(settings, queues={email.kind: email}))
+            apply_local_queues(env)
 
     def component_pids(self, name: str) -> list[int]:
         """Every live process of one component (benchmarks account CPU per component).
@@ -499,6 +490,21 @@ class LocalStack:
 
     def status(self) -> list[ComponentStatus]:
         return stack_status(self.state_dir)
+
+
+def apply_local_queues(env: Mapping[str, str], client: Any = None) -> None:
+    """Create (or update) every queue the stack has: each source kind's shards and the email
+    queue, which is not a source kind (app.toml ``[email]``) but has the same limits shape.
+    Whoever resets the Cloud Tasks emulator must call this, not ``apply_queues`` alone."""
+    from dataclasses import replace
+
+    from shared.email_settings import load_email_settings
+    from shared.tasks_admin import apply_queues
+
+    settings = load_settings(environ=env)
+    apply_queues(settings, client)
+    email = load_email_settings(environ=env).queue_config()
+    apply_queues(replace(settings, queues={email.kind: email}), client)
 
 
 def _now() -> str:

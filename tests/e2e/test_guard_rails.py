@@ -14,9 +14,9 @@ import psycopg
 import pytest
 import requests
 
+from emulators.stack import apply_local_queues
 from shared.config import load_settings
 from shared.scheduling import floor_minute
-from shared.tasks_admin import apply_queues
 from shared.topology import load_topology
 from tests.support.core import subscription_doc
 from tests.support.polling import wait_for
@@ -224,7 +224,7 @@ def test_a_deleted_queue_is_dead_lettered_once_status_names_it_and_a_replay_fini
         # The emulator keeps a deleted queue's name for 7 days, as Cloud Tasks does: reset it
         # and create the configured queues again, for this test's replay and for the others.
         requests.post(f"{stack.env['CLOUD_TASKS_EMULATOR_HTTP']}/reset", timeout=10)
-        apply_queues(settings, tasks)
+        apply_local_queues(stack.env, tasks)
 
     replay = json.loads(
         dispatcher(stack, "dlq", "replay", "--topic", "dispatcher-due", "--json").stdout

@@ -23,7 +23,7 @@ from datetime import timedelta
 
 import pytest
 
-from shared.tasks_admin import apply_queues
+from emulators.stack import apply_local_queues
 from tests.support.core import utc
 from tests.support.polling import wait_for
 from tests.support.reliability import FaultStack, rfc3339
@@ -65,7 +65,7 @@ def test_cloud_tasks_down_for_30s_dispatches_every_key_exactly_once(faults: Faul
     time.sleep(OUTAGE_SECONDS)
     during = Counter(state for _, state in faults.ledger_rows(PREFIX))
     faults.restart("cloudtasks")
-    apply_queues(faults.settings)
+    apply_local_queues(faults.env)
     faults.speed_up_queues()
     outage = time.monotonic() - stopped
 
