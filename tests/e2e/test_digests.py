@@ -72,7 +72,9 @@ def test_a_scheduled_digest_reaches_each_recipient_once_with_the_periods_runs(
 ) -> None:
     requests.delete(f"{stack.env['SMTP_SINK_URL']}/messages", timeout=5).raise_for_status()
     stack.reset_collector_control()
-    digest_at = ceil_minute(datetime.now(UTC)) + timedelta(minutes=3)
+    # Two minutes: at least one collection run before the slot (import takes seconds), and the
+    # test waits in real time for those runs' tasks to fall due.
+    digest_at = ceil_minute(datetime.now(UTC)) + timedelta(minutes=2)
     spec = {
         "id": SUB,
         "name": NAME,
@@ -114,7 +116,7 @@ def test_a_scheduled_digest_reaches_each_recipient_once_with_the_periods_runs(
     while slot < digest_at:
         runs.append(slot)
         slot += timedelta(minutes=1)
-    assert 1 <= len(runs) <= 3
+    assert 1 <= len(runs) <= 2
     # Collection: one tick per minute before the digest's slot; each run completes and alerts.
     for run in runs:
         stack.gcloud_publish("dispatcher-ticks", json.dumps({"time": _z(run)}))
