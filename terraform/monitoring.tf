@@ -143,6 +143,30 @@ resource "google_logging_metric" "lost_dispatches" {
   }
 }
 
+# Scheduled digests select did not send: Cloud Tasks refused the email task (digest-failed, the
+# schedule stays due and every tick tries again) or the slot outlived max_age (digest-stale).
+resource "google_logging_metric" "digest_problems" {
+  name        = "dispatcher/digest_problems"
+  description = "Scheduled digest slots select could not plan (digest-failed) or gave up on as too old (digest-stale)."
+  filter      = "resource.type=\"cloud_run_revision\" AND resource.labels.service_name=~\"^dispatcher-\" AND jsonPayload.logger=\"shared.usecases.select_digests\" AND jsonPayload.decision=(\"digest-failed\" OR \"digest-stale\")"
+
+  metric_descriptor {
+    metric_kind = "DELTA"
+    value_type  = "INT64"
+    unit        = "1"
+
+    labels {
+      key         = "decision"
+      value_type  = "STRING"
+      description = "digest-failed or digest-stale"
+    }
+  }
+
+  label_extractors = {
+    decision = "EXTRACT(jsonPayload.decision)"
+  }
+}
+
 # --- alert policies ------------------------------------------------------------------------------
 # Every policy notifies var.notification_channels (ids of channels created once per project, by
 # hand or elsewhere); with none, incidents still open in the console.
@@ -385,5 +409,36 @@ resource "google_monitoring_alert_policy" "lost_outcomes" {
   documentation {
     mime_type = "text/markdown"
     content   = "Tasks were created long ago (longer than their queue's retry span) and no outcome arrived. Reconcile's WARNING lines (`jsonPayload.decision=\"lost\"`) name each; check the collector's logs for that task name. A late real outcome still replaces `lost`."
+  }
+}
+
+# A subscriber's scheduled digest is not going out. Each failed tick retries it, so this fires
+# on the first failure; a stale slot means the digest was skipped for good.
+resource "google_monitoring_alert_policy" "digest_problems" {
+  display_name          = "dispatcher: scheduled digests not sent"
+  combiner              = "OR"
+  severity              = "ERROR"
+  notification_channels = var.notification_channels
+
+  conditions {
+    display_name = "digest slots failed or skipped in the last 10 minutes"
+
+    condition_threshold {
+      filter          = "resource.type=\"cloud_run_revision\" AND metric.type=\"logging.googleapis.com/user/${google_logging_metric.digest_problems.name}\""
+      comparison      = "COMPARISON_GT"
+      threshold_value = 0
+      duration        = "0s"
+
+      aggregations {
+        alignment_period     = "600s"
+        per_series_aligner   = "ALIGN_SUM"
+        cross_series_reducer = "REDUCE_SUM"
+      }
+    }
+  }
+
+  documentation {
+    mime_type = "text/markdown"
+    content   = "select's ERROR lines (`jsonPayload.decision=\"digest-failed\"`) name the subscription, the delivery and Cloud Tasks' answer: usually the `email-deliveries` queue or select's enqueuer / email-invoker grant. The schedule stays due and each tick retries, for `max_age` (6 h); after that the slot is logged `digest-stale` and skipped, and the next digest's period covers it. `dispatcher deliveries list` shows what was sent."
   }
 }

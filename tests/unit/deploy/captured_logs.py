@@ -11,6 +11,7 @@ dispatcher-<function> as functions.tf names it).
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import logging
@@ -21,16 +22,19 @@ from typing import Any
 
 from shared import topology
 from shared.config import load_settings
-from shared.dal.records import OutboundMessage
+from shared.dal.records import DigestSchedule, OutboundMessage, StoredSubscription
 from shared.dispatch_key import DispatchKey, task_name
-from shared.errors import RetryableError
+from shared.email_settings import load_email_settings
+from shared.errors import RetryableError, TaskRejectedError
 from shared.handler import Route, process_message
 from shared.ledger.repository import LostDispatch, OutcomeRecorded, RunCompletion
 from shared.logs import CloudLoggingFormatter
 from shared.ops.reconcile import reconcile
 from shared.ops.settle_outcomes import settle_outcomes
 from shared.usecases.fanout import FanoutDependencies, fanout
+from shared.usecases.plan_deliveries import PlanDependencies
 from shared.usecases.results import ResultsDependencies, record_result
+from shared.usecases.select_digests import DigestDependencies
 from shared.usecases.select_due import SelectDependencies, select_due
 from tests.support.core import subscription_doc, utc
 from tests.unit.core.fakes import (
@@ -40,6 +44,10 @@ from tests.unit.core.fakes import (
     FakeTasks,
     message,
 )
+from tests.unit.deliveries.fakes import FakeSubscriptions
+from tests.unit.deliveries.fakes import FakeTasks as DigestTasks
+from tests.unit.deliveries.test_deliver_use_case import subscription
+from tests.unit.deliveries.test_select_digests import FakeSchedules
 
 LogEntry = dict[str, Any]
 
@@ -226,7 +234,39 @@ def capture() -> list[LogEntry]:
             lease=timedelta(seconds=60),
         ),
     )
+    # select's digests: one whose email task Cloud Tasks refuses for good (digest-failed, the
+    # tick acknowledged) and one whose slot is older than max_age (digest-stale, not sent).
+    run("select", lambda: _digest_tick(settings))
     return entries
+
+
+def _digest_tick(settings: Any) -> None:
+    # acme's digest is 08:00 New York (12:00 UTC), beta's 10:00 UTC; at a 17:00 UTC tick acme's
+    # slot is 5 h old (planned, and refused) and beta's 7 h (past max_age: stale, not sent).
+    tick = utc("2026-03-10T17:00")
+    beta = copy.deepcopy(subscription().data)
+    beta["deliveries"][1]["schedule"] = {"cron": "0 10 * * *", "timezone": "Etc/UTC"}
+    plan = PlanDependencies(
+        store=None,
+        tasks=DigestTasks(TaskRejectedError("t", "NOT_FOUND", "queue email-deliveries missing")),
+        subscriptions=FakeSubscriptions(subscription(), StoredSubscription("beta", beta)),
+        settings=load_email_settings(environ={}),
+        project="p",
+        location="l",
+        clock=lambda: tick,
+    )
+    schedules = FakeSchedules(
+        DigestSchedule("acme", "digest", next_run_at=utc("2026-03-10T12:00")),
+        DigestSchedule("beta", "digest", next_run_at=utc("2026-03-10T10:00")),
+    )
+    deps = SelectDependencies(
+        settings=settings,
+        store=FakeSubscriptionStore(),
+        publisher=FakePublisher(),
+        clock=lambda: tick,
+        digests=DigestDependencies(schedules=schedules, plan=lambda: plan),
+    )
+    select_due({"time": "2026-03-10T17:00:00Z"}, message("tick-d"), deps=deps)
 
 
 class _Completions:

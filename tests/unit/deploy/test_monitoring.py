@@ -36,6 +36,7 @@ EXPECTED_ALERTS = {
     "queue_delay",
     "failed_outcomes",
     "lost_outcomes",
+    "digest_problems",
 }
 
 
