@@ -25,7 +25,7 @@ due query. Errors: the same timeouts, retry budget and translation into
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
@@ -33,8 +33,7 @@ from google.api_core import exceptions as gexc
 
 from shared.dal.firestore_store import (
     _CONFLICTS,
-    CALL_TIMEOUT_SECONDS,
-    RETRY_BUDGET_SECONDS,
+    FirestoreAdapter,
     _conflict,
     _retry,
     _translate,
@@ -43,7 +42,7 @@ from shared.dal.records import AlreadyExists, DigestSchedule, StoreConflict
 from shared.errors import DependencyUnavailableError
 
 if TYPE_CHECKING:
-    from google.cloud import firestore
+    pass
 
 __all__ = ["COLLECTION", "FirestoreDigestSchedules", "digest_due_query"]
 
@@ -63,29 +62,10 @@ def digest_due_query(collection: Any, now: datetime, limit: int) -> Any:
     )
 
 
-class FirestoreDigestSchedules:
-    """Reads and conditional writes on ``delivery_schedules``; the client is built on first use."""
+class FirestoreDigestSchedules(FirestoreAdapter):
+    """Reads and conditional writes on ``delivery_schedules``."""
 
-    def __init__(
-        self,
-        client_factory: Callable[[], firestore.Client],
-        *,
-        collection: str = COLLECTION,
-        timeout: float = CALL_TIMEOUT_SECONDS,
-        retry_budget: float = RETRY_BUDGET_SECONDS,
-    ) -> None:
-        self._client_factory = client_factory
-        self._client: firestore.Client | None = None
-        self._collection = collection
-        self._timeout = timeout
-        self._retry_budget = retry_budget
-
-    @property
-    def client(self) -> firestore.Client:
-        """The Firestore client (created on first use, never at import or construction)."""
-        if self._client is None:
-            self._client = self._client_factory()
-        return self._client
+    default_collection = COLLECTION
 
     def _ref(self, doc_id: str) -> Any:
         return self.client.collection(self._collection).document(doc_id)
@@ -139,16 +119,7 @@ class FirestoreDigestSchedules:
     def create(self, schedule: DigestSchedule) -> None:
         """Create the document; :class:`AlreadyExists` if it is there."""
         ref = self._ref(schedule.id)
-        data = {
-            "subscription_id": schedule.subscription_id,
-            "delivery_id": schedule.delivery_id,
-            "cron": schedule.cron,
-            "timezone": schedule.timezone,
-            "next_run_at": schedule.next_run_at,
-            "last_slot": schedule.last_slot,
-            "retired_reason": None,
-            "updated_at": _server_time(),
-        }
+        data = _document(schedule)
         try:
             _translate(
                 f"create schedule {schedule.id}",
@@ -194,20 +165,22 @@ class FirestoreDigestSchedules:
         """Write whole documents unconditionally (tests and seeding; not on the hot path)."""
         batch = self.client.batch()
         for schedule in schedules:
-            batch.set(
-                self._ref(schedule.id),
-                {
-                    "subscription_id": schedule.subscription_id,
-                    "delivery_id": schedule.delivery_id,
-                    "cron": schedule.cron,
-                    "timezone": schedule.timezone,
-                    "next_run_at": schedule.next_run_at,
-                    "last_slot": schedule.last_slot,
-                    "retired_reason": None,
-                    "updated_at": _server_time(),
-                },
-            )
+            batch.set(self._ref(schedule.id), _document(schedule))
         _translate("schedules batch write", lambda: batch.commit(timeout=self._timeout))
+
+
+def _document(schedule: DigestSchedule) -> dict[str, Any]:
+    """A live schedule document as written (create, or a whole rewrite)."""
+    return {
+        "subscription_id": schedule.subscription_id,
+        "delivery_id": schedule.delivery_id,
+        "cron": schedule.cron,
+        "timezone": schedule.timezone,
+        "next_run_at": schedule.next_run_at,
+        "last_slot": schedule.last_slot,
+        "retired_reason": None,
+        "updated_at": _server_time(),
+    }
 
 
 def _server_time() -> Any:

@@ -128,29 +128,36 @@ def _conflict(exc: DependencyUnavailableError, kinds: tuple[type[Exception], ...
     return isinstance(exc.__cause__, kinds)
 
 
-class FirestoreSubscriptionStore:
-    """Reads and conditional writes on ``subscriptions``; the client is built on first use."""
+class FirestoreAdapter:
+    """One collection's adapter: its name, the call timeout and retry budget, and a client that
+    is built on first use (never at import or construction)."""
+
+    default_collection: str = COLLECTION
 
     def __init__(
         self,
         client_factory: Callable[[], firestore.Client],
         *,
-        collection: str = COLLECTION,
+        collection: str | None = None,
         timeout: float = CALL_TIMEOUT_SECONDS,
         retry_budget: float = RETRY_BUDGET_SECONDS,
     ) -> None:
         self._client_factory = client_factory
         self._client: firestore.Client | None = None
-        self._collection = collection
+        self._collection = collection or self.default_collection
         self._timeout = timeout
         self._retry_budget = retry_budget
 
     @property
     def client(self) -> firestore.Client:
-        """The Firestore client (created on first use, never at import or construction)."""
+        """The Firestore client (created on first use)."""
         if self._client is None:
             self._client = self._client_factory()
         return self._client
+
+
+class FirestoreSubscriptionStore(FirestoreAdapter):
+    """Reads and conditional writes on ``subscriptions``."""
 
     # -- reads -----------------------------------------------------------------------------------
 
