@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any, Final
 from google.api_core import exceptions as gexc
 
 from shared.dal.firestore_store import (
-    _CONFLICTS,
     FirestoreAdapter,
     _conflict,
     _retry,
@@ -67,9 +66,6 @@ class FirestoreDigestSchedules(FirestoreAdapter):
 
     default_collection = COLLECTION
 
-    def _ref(self, doc_id: str) -> Any:
-        return self.client.collection(self._collection).document(doc_id)
-
     # -- select ----------------------------------------------------------------------------------
 
     def due(self, now: datetime, limit: int) -> list[DigestSchedule]:
@@ -91,7 +87,7 @@ class FirestoreDigestSchedules(FirestoreAdapter):
         if next_run_at is None:
             fields["retired_reason"] = "retired by select: no longer wanted"
         try:
-            self._update(schedule.id, fields, if_version=schedule.version)
+            self._conditional_update(schedule.id, fields, schedule.version, what="schedule")
         except StoreConflict:
             return False
         return True
@@ -133,33 +129,15 @@ class FirestoreDigestSchedules(FirestoreAdapter):
     def update(self, schedule: DigestSchedule, fields: Mapping[str, Any]) -> None:
         """Set some fields if the document is unchanged since ``schedule`` was read, else
         :class:`StoreConflict`."""
-        self._update(schedule.id, {**fields, "updated_at": _server_time()}, schedule.version)
+        self._conditional_update(
+            schedule.id, {**fields, "updated_at": _server_time()}, schedule.version, what="schedule"
+        )
 
     # -- plumbing --------------------------------------------------------------------------------
 
     def _run(self, query: Any) -> list[DigestSchedule]:
         snapshots = query.stream(retry=_retry(self._retry_budget), timeout=self._timeout)
         return [_record(snapshot) for snapshot in snapshots if snapshot.exists]
-
-    def _update(self, doc_id: str, fields: dict[str, Any], if_version: object) -> None:
-        ref = self._ref(doc_id)
-        # No precondition without a version: update() still requires the document to exist.
-        option = (
-            self.client.write_option(last_update_time=if_version)
-            if isinstance(if_version, datetime)
-            else None
-        )
-        try:
-            _translate(
-                f"update schedule {doc_id}",
-                lambda: ref.update(
-                    fields, option=option, retry=_retry(self._retry_budget), timeout=self._timeout
-                ),
-            )
-        except DependencyUnavailableError as exc:
-            if _conflict(exc, _CONFLICTS):
-                raise StoreConflict(f"schedule {doc_id!r} changed meanwhile") from exc
-            raise
 
     def put_many(self, schedules: Sequence[DigestSchedule]) -> None:
         """Write whole documents unconditionally (tests and seeding; not on the hot path)."""

@@ -155,6 +155,33 @@ class FirestoreAdapter:
             self._client = self._client_factory()
         return self._client
 
+    def _ref(self, doc_id: str) -> Any:
+        return self.client.collection(self._collection).document(doc_id)
+
+    def _conditional_update(
+        self, doc_id: str, fields: dict[str, Any], if_updated_at: object, *, what: str
+    ) -> None:
+        """Set ``fields`` only if the document's update time is still ``if_updated_at`` (else
+        :class:`StoreConflict`, naming it ``what``). Without a read time there is no
+        precondition, but update() itself still requires the document to exist."""
+        ref = self._ref(doc_id)
+        option = (
+            self.client.write_option(last_update_time=if_updated_at)
+            if isinstance(if_updated_at, datetime)
+            else None
+        )
+        try:
+            _translate(
+                f"update {what} {doc_id}",
+                lambda: ref.update(
+                    fields, option=option, retry=_retry(self._retry_budget), timeout=self._timeout
+                ),
+            )
+        except DependencyUnavailableError as exc:
+            if _conflict(exc, _CONFLICTS):
+                raise StoreConflict(f"{what} {doc_id!r} changed meanwhile") from exc
+            raise
+
 
 class FirestoreSubscriptionStore(FirestoreAdapter):
     """Reads and conditional writes on ``subscriptions``."""
@@ -223,9 +250,6 @@ class FirestoreSubscriptionStore(FirestoreAdapter):
         return _translate(
             "active ending query", lambda: [self._record(s) for s in self._stream(query)]
         )
-
-    def _ref(self, subscription_id: str) -> Any:
-        return self.client.collection(self._collection).document(subscription_id)
 
     @staticmethod
     def _record(snapshot: Any) -> StoredSubscription:
@@ -365,7 +389,7 @@ class FirestoreSubscriptionStore(FirestoreAdapter):
             for key in current.data:
                 if key not in fields:
                     fields[key] = firestore.DELETE_FIELD
-        self._conditional_update(subscription_id, fields, if_updated_at)
+        self._conditional_update(subscription_id, fields, if_updated_at, what="subscription")
 
     def update(
         self, subscription_id: str, fields: Mapping[str, Any], *, if_updated_at: datetime | None
@@ -374,29 +398,7 @@ class FirestoreSubscriptionStore(FirestoreAdapter):
 
         ``if_updated_at=None`` still requires the document to exist.
         """
-        self._conditional_update(subscription_id, dict(fields), if_updated_at)
-
-    def _conditional_update(
-        self, subscription_id: str, fields: dict[str, Any], if_updated_at: datetime | None
-    ) -> None:
-        ref = self._ref(subscription_id)
-        # No option: update() itself requires the document to exist.
-        option = (
-            self.client.write_option(last_update_time=if_updated_at)
-            if if_updated_at is not None
-            else None
-        )
-        try:
-            _translate(
-                f"update {subscription_id}",
-                lambda: ref.update(
-                    fields, option=option, retry=_retry(self._retry_budget), timeout=self._timeout
-                ),
-            )
-        except DependencyUnavailableError as exc:
-            if _conflict(exc, _CONFLICTS):
-                raise StoreConflict(f"subscription {subscription_id!r} changed meanwhile") from exc
-            raise
+        self._conditional_update(subscription_id, dict(fields), if_updated_at, what="subscription")
 
     def delete(self, subscription_id: str) -> bool:
         """Delete the document; False when there was none (one write, no read)."""
