@@ -32,7 +32,7 @@ from shared.config import Settings, load_settings
 from shared.topology import load_topology
 from tests.support.core import emulator_environment
 from tests.support.polling import wait_for
-from tests.support.stack import StackHandle
+from tests.support.stack import StackHandle, dispatcher
 
 Key = tuple[str, str, str]
 
@@ -46,7 +46,7 @@ def rfc3339(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def retry_budget_floor(topic: str) -> float:
+def _retry_budget_floor(topic: str) -> float:
     """The least time the local stack's push retries take to exhaust a topic's delivery attempts.
 
     Every retry waits at least ``local.retry.min_backoff`` (the first attempt is the one the
@@ -225,6 +225,20 @@ class FaultStack:
         path = self.settings.topic_path(topic)
         futures = [self.publisher.publish(path, data, **dict(attrs)) for data, attrs in messages]
         return [str(f.result(timeout=60)) for f in futures]
+
+    def replay_retry_exhausted(self, topic: str, down_seconds: float) -> int:
+        """Replay ``topic``'s dead letters the operator's way (``dispatcher dlq replay``) and
+        return how many there were. They are acceptable only when the function was down longer
+        than the local retry budget: a dead letter while it was up fails here."""
+        replayed = json.loads(
+            dispatcher(self.handle, "dlq", "replay", "--topic", topic, "--json").stdout
+        )["replayed"]
+        if replayed:
+            assert down_seconds >= _retry_budget_floor(topic), (
+                f"{len(replayed)} {topic} message(s) dead-lettered although the function was "
+                f"down only {down_seconds:.1f}s"
+            )
+        return len(replayed)
 
     # -- oracles ---------------------------------------------------------------------------------
 
