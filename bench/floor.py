@@ -35,7 +35,8 @@ thread, gRPC's and the publisher's included) except the HTTP framework part (the
 Every part is measured once per round, interleaved, so a burst of other load on this shared
 machine falls on all of them; the figures are the medians over the rounds. The real figures
 beside them come from :mod:`bench.fanout_cpu` run in the same invocation (a subprocess, after
-the parts) and from ``bench/results/burst.json`` (an earlier run, marked as such).
+each round of the parts, so every round has its own real / floor ratio) and from
+``bench/results/burst.json`` (an earlier run, marked as such).
 
 Run: ``.venv/bin/python -m bench.floor [--rounds 5] [--messages 400] [--page 100]``; it writes
 ``bench/results/floor.json``.
@@ -152,6 +153,7 @@ def report(
     """The JSON written to ``bench/results/floor.json``."""
     parts_ms = medians(rounds)
     floor = floor_of(parts_ms)
+    rounds_floor = per_round(rounds)
     return {
         "benchmark": "floor",
         "when": datetime.now(UTC).isoformat(),
@@ -168,6 +170,13 @@ def report(
         "floor_over_goal": round(floor["total"] / goal_ms, 2),
         "real": dict(real),
         "real_over_floor": ratios(real, floor),
+        "per_round": rounds_floor,
+        "floor_total_range": [
+            min(e["floor"]["total"] for e in rounds_floor),
+            max(e["floor"]["total"] for e in rounds_floor),
+        ]
+        if rounds_floor
+        else None,
     }
 
 
@@ -574,22 +583,31 @@ class Floor:
         return figures
 
 
-def real_figures(messages: int, rounds: int) -> dict[str, Any]:
-    """fanout's real CPU in-process (:mod:`bench.fanout_cpu`, now) and the burst's (from file)."""
+REAL_KEY = "real_fanout_in_process"
+
+
+def fanout_cpu_once(messages: int) -> float:
+    """One round of :mod:`bench.fanout_cpu` (the real fanout, in-process): CPU ms per due."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        subprocess.run(
+            [sys.executable, "-m", "bench.fanout_cpu", "--messages", str(messages),
+             "--rounds", "1", "--warmup", "100", "--output", out.name],
+            cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        return float(json.loads(Path(out.name).read_text())["cpu_ms_per_due"])
+
+
+def real_figures(
+    rounds: Sequence[Mapping[str, float]], burst: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The real figures: fanout in-process (median of the rounds' own runs of
+    :mod:`bench.fanout_cpu`) and, if given, the burst's per-function CPU (an earlier run)."""
     real: dict[str, Any] = {}
-    if messages:
-        with tempfile.NamedTemporaryFile(suffix=".json") as out:
-            subprocess.run(
-                [sys.executable, "-m", "bench.fanout_cpu", "--messages", str(messages),
-                 "--rounds", str(rounds), "--warmup", "100", "--output", out.name],
-                cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
-            )  # fmt: skip
-            measured = json.loads(Path(out.name).read_text())
-        real["fanout_in_process"] = measured["cpu_ms_per_due"]
-        real["fanout_in_process_rounds"] = measured["cpu_ms_per_due_rounds"]
-    burst = RESULTS / "burst.json"
-    if burst.exists():
-        cpu = json.loads(burst.read_text())["cpu"]["cpu_ms_per_due_message"]
+    measured = [r[REAL_KEY] for r in rounds if REAL_KEY in r]
+    if measured:
+        real["fanout_in_process"] = round(statistics.median(measured), 3)
+    if burst is not None:
+        cpu = burst["cpu"]["cpu_ms_per_due_message"]
         real["fanout"] = cpu.get("fn-fanout")
         real["select"] = cpu.get("fn-select")
         if real["fanout"] is not None and real["select"] is not None:
@@ -597,12 +615,41 @@ def real_figures(messages: int, rounds: int) -> dict[str, Any]:
     return real
 
 
+def per_round(rounds: Sequence[Mapping[str, float]]) -> list[dict[str, Any]]:
+    """Each round's own floor, and real / floor where the round ran the real fanout too: on a
+    shared machine the ratio within a round is steadier than either figure."""
+    out = []
+    for r in rounds:
+        floor = floor_of(r)
+        entry: dict[str, Any] = {"floor": floor}
+        if REAL_KEY in r:
+            entry["real_over_floor"] = ratios({"fanout_in_process": r[REAL_KEY]}, floor)
+        out.append(entry)
+    return out
+
+
 def print_table(result: Mapping[str, Any]) -> None:
     rounds = result["rounds"]
     print(f"{'part':24} " + " ".join(f"r{i + 1:<6}" for i in range(len(rounds))) + " median")
-    for key in [*PART_KEYS, "idle_ms_per_second"]:
+    for key in [*PART_KEYS, "idle_ms_per_second", REAL_KEY]:
+        if key not in result["median"]:
+            continue
         cells = " ".join(f"{r.get(key, float('nan')):<7.3f}" for r in rounds)
         print(f"{key:24} {cells} {result['median'][key]:.3f}")
+    nan = float("nan")
+    rows: dict[str, list[float]] = {
+        "floor total": [],
+        "floor fanout in-process": [],
+        "real/floor in-process": [],
+    }
+    for entry in result["per_round"]:
+        rows["floor total"].append(entry["floor"]["total"])
+        rows["floor fanout in-process"].append(entry["floor"].get("fanout_in_process", nan))
+        rows["real/floor in-process"].append(
+            entry.get("real_over_floor", {}).get("fanout_in_process", nan)
+        )
+    for label, values in rows.items():
+        print(f"{label:24} " + " ".join(f"{v:<7.3f}" for v in values))
     print("floor:", json.dumps(result["floor"]))
     print("real: ", json.dumps(result["real"]))
     print("real / floor:", json.dumps(result["real_over_floor"]))
@@ -616,7 +663,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--page", type=int, default=100, help="select's page (docs, publishes)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     parser.add_argument(
-        "--real-messages", type=int, default=300, help="bench.fanout_cpu messages (0: skip)"
+        "--real-messages",
+        type=int,
+        default=300,
+        help="bench.fanout_cpu messages per round (0: skip)",
     )
     parser.add_argument("--output", type=Path, default=RESULTS / "floor.json")
     parser.add_argument("--drive", help=argparse.SUPPRESS)
@@ -636,11 +686,14 @@ def main(argv: list[str] | None = None) -> int:
             floor.round()
         for r in range(args.rounds):
             rounds.append(floor.round())
+            if args.real_messages:
+                rounds[-1][REAL_KEY] = round(fanout_cpu_once(args.real_messages), 3)
             loads.append(os.getloadavg())
             print(f"round {r + 1}: {json.dumps(rounds[-1])}", file=sys.stderr, flush=True)
     finally:
         floor.stop()
-    real = real_figures(args.real_messages, 3)
+    burst = RESULTS / "burst.json"
+    real = real_figures(rounds, json.loads(burst.read_text()) if burst.exists() else None)
     machine = {
         "cpus": os.cpu_count(),
         "platform": platform.platform(),

@@ -7,7 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from bench.floor import PART_KEYS, PARTS, RESULTS, Part, floor_of, medians, ratios, report
+from bench.floor import (
+    PART_KEYS,
+    PARTS,
+    RESULTS,
+    Part,
+    floor_of,
+    medians,
+    per_round,
+    ratios,
+    real_figures,
+    report,
+)
 
 ONE_ROUND = {
     "framework_http": 1.5,
@@ -93,3 +104,29 @@ def test_the_committed_result_has_the_reports_shape() -> None:
     assert result["median"] == medians(result["rounds"])
     assert result["floor"] == floor_of(result["median"])
     assert result["real_over_floor"] == ratios(result["real"], result["floor"])
+
+
+def test_each_round_has_its_own_floor_and_ratio_to_its_own_real_run() -> None:
+    quiet = {**ONE_ROUND, "real_fanout_in_process": 7.0}
+    busy = {k: v * 2 for k, v in quiet.items()}
+
+    rounds = per_round([quiet, busy, ONE_ROUND])
+
+    assert [r["floor"] for r in rounds] == [
+        floor_of(ONE_ROUND),
+        floor_of(busy),
+        floor_of(ONE_ROUND),
+    ]
+    assert rounds[0]["real_over_floor"] == {"fanout_in_process": pytest.approx(7.0 / 3.3, abs=0.01)}
+    assert rounds[1]["real_over_floor"] == rounds[0]["real_over_floor"]
+    assert "real_over_floor" not in rounds[2]
+
+
+def test_real_figures_take_the_rounds_median_and_the_bursts_functions() -> None:
+    rounds = [{"real_fanout_in_process": v} for v in (9.0, 7.0, 8.0)]
+    burst = {"cpu": {"cpu_ms_per_due_message": {"fn-fanout": 9.71, "fn-select": 2.92}}}
+
+    real = real_figures(rounds, burst)
+
+    assert real == {"fanout_in_process": 8.0, "fanout": 9.71, "select": 2.92, "total": 12.63}
+    assert real_figures([{}], None) == {}
