@@ -108,6 +108,10 @@ def handle_email_task(
 ) -> tuple[str, int, Mapping[str, str]]:
     """Authenticate, decode and deliver one email task; see the module docstring."""
     _logging_ready()
+    if request.method != "POST":
+        # Cloud Tasks only POSTs. A GET is a readiness probe or a browser: it is neither a task
+        # nor an attack worth an ERROR line (every stack start probed with one and paged for it).
+        return "method not allowed", 405, {"Allow": "POST"}
     settings = config.get_settings()
     headers = TaskHeaders.from_mapping(dict(request.headers))
     if _must_verify(settings):

@@ -320,6 +320,18 @@ def show(
     zone = display_zone(subscription)
     upcoming = [] if subscription.status == "expired" else next_runs(subscription, utcnow(), count)
     local = [t.astimezone(ZoneInfo(zone)) for t in upcoming]
+    # What select will actually do with the digests is in delivery_schedules, not in the
+    # subscription: an operator asking "when is the next digest?" needs these documents.
+    digests = [
+        {
+            "delivery": s.delivery_id,
+            "cron": s.cron,
+            "timezone": s.timezone,
+            "next_run_at": _iso(s.next_run_at) if s.next_run_at else None,
+            "last_slot": _iso(s.last_slot) if s.last_slot else None,
+        }
+        for s in ctx.digest_schedules().for_subscription(subscription_id)
+    ]
     if as_json:
         print_json(
             {
@@ -328,6 +340,7 @@ def show(
                 "time_zone": zone,
                 "next_runs": [t.isoformat() for t in local],
                 "next_runs_utc": [_iso(t) for t in upcoming],
+                "digest_schedules": digests,
             }
         )
         return
@@ -352,6 +365,17 @@ def show(
     for item in data.get("sources", []):
         sources.add_row(item.get("id"), item.get("kind"), json.dumps(item.get("params", {})))
     console.print(sources)
+    if digests:
+        table = Table("digest", "cron", "time zone", "next (UTC)", "last sent slot (UTC)")
+        for d in digests:
+            table.add_row(
+                d["delivery"],
+                d["cron"] or "-",
+                d["timezone"] or "-",
+                d["next_run_at"] or "retired",
+                d["last_slot"] or "-",
+            )
+        console.print(table)
     if subscription.status == "expired":
         console.print("expired: no further runs")
         return

@@ -84,11 +84,17 @@ def sync_delivery_schedules(
     subscription: Subscription | None,
     *,
     now: datetime,
+    recompute: bool = False,
 ) -> ScheduleChanges:
-    """Make the subscription's schedule documents match ``subscription`` (``None``: deleted)."""
+    """Make the subscription's schedule documents match ``subscription`` (``None``: deleted).
+
+    ``recompute`` (maintenance ``recompute-next-run``) also puts every live schedule back on its
+    cron: ``next_run_at`` becomes the first slot at or after min(stored, now), as for collection
+    schedules. A slot already due stays due; one a wrong tick pushed ahead comes back to now.
+    """
     for _ in range(_CONFLICT_RETRIES):
         try:
-            return _sync_once(schedules, subscription_id, subscription, now)
+            return _sync_once(schedules, subscription_id, subscription, now, recompute=recompute)
         except (AlreadyExists, StoreConflict):
             # select advanced a schedule, or another admin wrote one, since we read: read again.
             time.sleep(0.05)
@@ -116,6 +122,8 @@ def _sync_once(
     subscription_id: str,
     subscription: Subscription | None,
     now: datetime,
+    *,
+    recompute: bool,
 ) -> ScheduleChanges:
     changes = ScheduleChanges()
     wanted = _wanted(subscription)
@@ -148,6 +156,12 @@ def _sync_once(
                 },
             )
             changes.updated.append((delivery_id, first))
+        elif recompute:
+            assert current.next_run_at is not None  # the branch above took the retired ones
+            expected = first_digest_slot(cron, min(current.next_run_at, now))
+            if expected != current.next_run_at:
+                schedules.update(current, {"next_run_at": expected})
+                changes.updated.append((delivery_id, expected))
     reason = _retire_reason(subscription)
     for delivery_id, current in sorted(existing.items()):
         if delivery_id not in wanted and current.next_run_at is not None:

@@ -16,6 +16,7 @@ from shared.ops import runtime
 if TYPE_CHECKING:
     from shared.config import Settings
     from shared.ledger.repository import Ledger
+    from shared.ops.delivery_schedules import ScheduleAdmin
     from shared.ops.store import SubscriptionStore
     from shared.usecases.fanout import TaskGateway
 
@@ -34,6 +35,8 @@ class JobContext:
     counts: dict[str, int] = field(default_factory=dict)
     # Only reconcile creates tasks; the gateway is built on first use.
     tasks_factory: Callable[[], TaskGateway] = runtime.tasks
+    # Only recompute-next-run touches the digest schedules.
+    schedules_factory: Callable[[], ScheduleAdmin] = runtime.digest_schedules
 
     def count(self, key: str, n: int = 1) -> None:
         """Add ``n`` to counter ``key``."""

@@ -15,6 +15,7 @@ from shared.errors import DependencyTimeoutError, DependencyUnavailableError
 
 if TYPE_CHECKING:
     from shared.ledger.repository import Ledger
+    from shared.ops.delivery_schedules import ScheduleAdmin
     from shared.ops.store import SubscriptionStore
     from shared.usecases.fanout import TaskGateway
 
@@ -25,6 +26,7 @@ class _Deps:
         self.ledger: Ledger | None = None
         self.clock: Callable[[], datetime] | None = None
         self.tasks: TaskGateway | None = None
+        self.digest_schedules: ScheduleAdmin | None = None
 
 
 _deps = _Deps()
@@ -45,6 +47,11 @@ def set_tasks(tasks: TaskGateway | None) -> None:
     _deps.tasks = tasks
 
 
+def set_digest_schedules(schedules: ScheduleAdmin | None) -> None:
+    """Use ``schedules`` for ``delivery_schedules`` (tests); ``None`` restores Firestore's."""
+    _deps.digest_schedules = schedules
+
+
 def set_clock(clock: Callable[[], datetime] | None) -> None:
     """Use ``clock`` for "now" (tests); ``None`` restores the wall clock."""
     _deps.clock = clock
@@ -58,6 +65,22 @@ def store() -> SubscriptionStore:
 
         _deps.store = make_store(get_settings())
     return _deps.store
+
+
+def digest_schedules() -> ScheduleAdmin:
+    """The ``delivery_schedules`` collection (scheduled digests), on the shared Firestore client."""
+    if _deps.digest_schedules is None:
+        from shared import clients
+        from shared.config import get_settings
+        from shared.dal.digest_schedules import FirestoreDigestSchedules
+
+        settings = get_settings()
+        _deps.digest_schedules = FirestoreDigestSchedules(
+            clients.firestore_client,
+            timeout=settings.dependency_timeout_seconds,
+            retry_budget=settings.dependency_retry_budget_seconds,
+        )
+    return _deps.digest_schedules
 
 
 def tasks() -> TaskGateway:

@@ -8,7 +8,8 @@
   created again under their stored task name and queue; ALREADY_EXISTS means the earlier attempt
   landed and counts as done (:mod:`shared.ops.reconcile`, which also says what is skipped).
 * ``recompute-next-run``: ``next_run_at`` (and ``shard``) recomputed from the schedule, for one
-  subscription or all, after schedule edits or a change of ``shard_count``.
+  subscription or all, after schedule edits or a change of ``shard_count``; the subscription's
+  digest schedules brought in step with its deliveries and put back on their cron.
 
 Every job is idempotent (a second run finds nothing left to change), honours ``dry_run``, and
 ends with exactly one structured log line carrying its counts.
@@ -19,13 +20,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
-from shared.dal.records import StoreConflict, StoredSubscription
+from shared.dal.records import DigestSchedule, StoreConflict, StoredSubscription
 from shared.envelope import PushMessage
 from shared.errors import InvalidRequestError
 from shared.ops import runtime
+from shared.ops.delivery_schedules import ScheduleAdmin, sync_delivery_schedules
 from shared.ops.jobs import JobContext
 from shared.ops.reconcile import reconcile_stuck
 from shared.ops.store import SubscriptionStore, iter_all
@@ -144,24 +147,31 @@ def _prune(arguments: Mapping[str, Any], ctx: JobContext) -> None:
 
 
 def _recompute(arguments: Mapping[str, Any], ctx: JobContext) -> None:
-    for key in ("updated", "unchanged", "skipped", "expired", "invalid", "conflicts"):
+    for key in ("updated", "unchanged", "skipped", "expired", "invalid", "conflicts", *_DIGESTS):
         ctx.counts[key] = 0
     with runtime.dependency("firestore"):
         store = ctx.store_factory()
+        schedules: ScheduleAdmin = ctx.schedules_factory()
+        if ctx.dry_run:
+            schedules = _ReadOnlySchedules(schedules)
         only = arguments.get("subscription_id")
         if only is not None:
             doc = store.get(str(only))
             if doc is None:
                 ctx.count("missing")
+                # Deleted behind the admin's back (the console): its digests must not go on.
+                _recompute_digests(schedules, str(only), None, ctx)
                 return
-            _recompute_one(store, doc, ctx)
+            _recompute_one(store, schedules, doc, ctx)
             return
         for page in iter_all(store, ctx.settings.firestore_page_size):
             for doc in page:
-                _recompute_one(store, doc, ctx)
+                _recompute_one(store, schedules, doc, ctx)
 
 
-def _recompute_one(store: SubscriptionStore, doc: StoredSubscription, ctx: JobContext) -> None:
+def _recompute_one(
+    store: SubscriptionStore, schedules: ScheduleAdmin, doc: StoredSubscription, ctx: JobContext
+) -> None:
     try:
         subscription = Subscription.from_document(doc.id, doc.data)
     except InvalidSubscription as exc:
@@ -173,6 +183,14 @@ def _recompute_one(store: SubscriptionStore, doc: StoredSubscription, ctx: JobCo
         )
         ctx.count("invalid")
         return
+    after = _recompute_collection(store, doc, subscription, ctx)
+    _recompute_digests(schedules, doc.id, after, ctx)
+
+
+def _recompute_collection(
+    store: SubscriptionStore, doc: StoredSubscription, subscription: Subscription, ctx: JobContext
+) -> Subscription:
+    """Recompute ``next_run_at`` and ``shard``; returns the subscription as it now stands."""
     fields: dict[str, Any] = {}
     shard = shard_for(doc.id, ctx.settings.shard_count)
     if subscription.shard != shard:
@@ -186,17 +204,53 @@ def _recompute_one(store: SubscriptionStore, doc: StoredSubscription, ctx: JobCo
             fields["next_run_at"] = next_run
     elif not fields:
         ctx.count("skipped")
-        return
+        return subscription
     if not fields:
         ctx.count("unchanged")
-        return
+        return subscription
     if not ctx.dry_run:
         try:
             store.update(doc.id, {**fields, "updated_at": ctx.now}, if_updated_at=doc.update_time)
         except StoreConflict:
             ctx.count("conflicts")
-            return
+            return subscription
     ctx.count("updated")
+    return replace(subscription, status="expired") if "status" in fields else subscription
+
+
+_DIGESTS = ("digests_created", "digests_updated", "digests_retired")
+
+
+def _recompute_digests(
+    schedules: ScheduleAdmin,
+    subscription_id: str,
+    subscription: Subscription | None,
+    ctx: JobContext,
+) -> None:
+    """The subscription's digest schedules: created if missing, retired if no longer wanted,
+    put back on their cron (see :func:`sync_delivery_schedules`)."""
+    changes = sync_delivery_schedules(
+        schedules, subscription_id, subscription, now=ctx.now, recompute=True
+    )
+    ctx.count("digests_created", len(changes.created))
+    ctx.count("digests_updated", len(changes.updated))
+    ctx.count("digests_retired", len(changes.retired))
+
+
+class _ReadOnlySchedules:
+    """A dry run's schedules: reads pass through, writes are only counted (by the caller)."""
+
+    def __init__(self, inner: ScheduleAdmin) -> None:
+        self._inner = inner
+
+    def for_subscription(self, subscription_id: str) -> list[DigestSchedule]:
+        return self._inner.for_subscription(subscription_id)
+
+    def create(self, schedule: DigestSchedule) -> None:
+        pass
+
+    def update(self, schedule: DigestSchedule, fields: Mapping[str, Any]) -> None:
+        pass
 
 
 # --- reconcile --------------------------------------------------------------------------------

@@ -190,6 +190,17 @@ def test_the_admin_sync_on_the_emulator_creates_recomputes_and_retires(
     )
     changes = sync_delivery_schedules(schedules, "acme-sync", edited, now=friday_evening)
     assert changes.updated == [("morning", datetime(2026, 3, 7, 14, 0, tzinfo=UTC))]
+    # Maintenance recompute-next-run: a schedule a wrong tick moved a year ahead comes back.
+    moved = schedules.get("acme-sync", "morning")
+    assert moved is not None
+    assert schedules.advance(moved, datetime(2027, 3, 7, 14, 0, tzinfo=UTC), None)
+    changes = sync_delivery_schedules(
+        schedules, "acme-sync", edited, now=friday_evening, recompute=True
+    )
+    assert changes.updated == [("morning", datetime(2026, 3, 7, 14, 0, tzinfo=UTC))]
+    assert not sync_delivery_schedules(
+        schedules, "acme-sync", edited, now=friday_evening, recompute=True
+    ).changed
     changes = sync_delivery_schedules(schedules, "acme-sync", None, now=friday_evening)
     assert changes.retired == [("morning", "subscription deleted")]
     stored = schedules.get("acme-sync", "morning")

@@ -35,6 +35,12 @@ subscriptions:
     sources:
       - {id: reuters, kind: rss, params: {url: "https://example.com/feed.xml"}}
       - {id: newsapi, kind: news-api}
+    deliveries:
+      - id: morning
+        channel: email
+        to: [pr@acme.example]
+        schedule: {cron: "0 9 * * 1-5", timezone: Europe/Paris}
+        format: digest
   - id: hourly
     name: Hourly
     schedule: {every: 3600}
@@ -78,6 +84,16 @@ def test_subscriptions_import_show_pause_resume_delete(
     stored = ctx.store().get("acme-news")
     assert stored is not None
     assert stored.data["next_run_at"] == runs[0].astimezone(UTC)
+    (digest,) = shown["digest_schedules"]
+    assert (digest["delivery"], digest["cron"], digest["timezone"]) == (
+        "morning",
+        "0 9 * * 1-5",
+        "Europe/Paris",
+    )
+    digest_at = datetime.fromisoformat(digest["next_run_at"]).astimezone(ZoneInfo("Europe/Paris"))
+    assert (digest_at.hour, digest_at.minute, digest_at.weekday() < 5) == (9, 0, True)
+    text = invoke("subscriptions", "show", "acme-news").stdout
+    assert "morning" in text and digest["next_run_at"] in text
 
     assert invoke("subscriptions", "pause", "acme-news").exit_code == 0
     paused = ctx.store().get("acme-news")
@@ -90,6 +106,11 @@ def test_subscriptions_import_show_pause_resume_delete(
     assert back is not None and back.data["paused"] is False
     assert before <= back.data["next_run_at"] == runs[0].astimezone(UTC)
 
+    assert invoke("subscriptions", "delete", "acme-news", "--yes").exit_code == 0
+    # Deleting retires the digest rather than forgetting it: show would no longer find the
+    # subscription, so read the schedule itself.
+    (retired,) = ctx.digest_schedules().for_subscription("acme-news")
+    assert retired.next_run_at is None
     assert invoke("subscriptions", "delete", "hourly", "--yes").exit_code == 0
     assert ctx.store().get("hourly") is None
     missing = invoke("subscriptions", "show", "hourly")

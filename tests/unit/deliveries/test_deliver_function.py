@@ -106,6 +106,17 @@ def test_a_bad_token_is_401_and_nothing_is_touched(
     assert store.rows == {} and sender.sent == []
 
 
+def test_a_get_is_405_without_an_error_line(
+    wired: tuple[FlaskClient, FakeEmailStore, ScriptedSender], caplog: pytest.LogCaptureFixture
+) -> None:
+    client, store, sender = wired
+    with caplog.at_level("INFO"):
+        response = client.get("/")
+    assert (response.status_code, response.headers["Allow"]) == (405, "POST")
+    assert [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")] == []
+    assert (store.rows, sender.sent) == ({}, [])
+
+
 def test_not_json_is_400_and_a_temporary_refusal_is_503(
     wired: tuple[FlaskClient, FakeEmailStore, ScriptedSender], signer: TokenSigner
 ) -> None:
