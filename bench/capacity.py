@@ -233,6 +233,9 @@ class Measured:
     ledger_fixed_ms: float
     ledger_per_task_ms: float
     fanout_latency_ms: float
+    # The results function, per outcome message (one per task: the worker kit reports the final
+    # outcome only unless report_started is on).
+    results_ms: float = 0.0
     sources: dict[str, str] = field(default_factory=dict)
 
     def fanout_ms(self, tasks: int) -> float:
@@ -274,6 +277,9 @@ def load_measured(results: Path = RESULTS) -> Measured:
     if one["tasks"] != one["cpu"]["units"] or burst["sources"] != 2:
         raise ValueError("expected pipeline.json at 1 source and burst.json at 2 sources")
     fanout = _line(one_cpu["fn-fanout"], two_cpu["fn-fanout"])
+    # The burst's collector stub reports one final outcome per task (started off, the kit's
+    # default), so the results function's CPU per due message over tasks per due is per message.
+    results_ms = two_cpu["fn-results"] * burst["due"] / burst["tasks"]
     ledger = _line(one_cpu["postgres"], two_cpu["postgres"])
     key = "cpu.cpu_ms_per_due_message"
     first = "bench/results/pipeline.json#rounds[0].pipeline"
@@ -284,6 +290,7 @@ def load_measured(results: Path = RESULTS) -> Measured:
         ledger_fixed_ms=ledger[0],
         ledger_per_task_ms=ledger[1],
         fanout_latency_ms=one["fanout_median_ms"],
+        results_ms=results_ms,
         sources={
             "select_ms": f"bench/results/burst.json#{key}.fn-select",
             "fanout_ms(1 source)": f"{first}.{key}.fn-fanout",
@@ -291,6 +298,7 @@ def load_measured(results: Path = RESULTS) -> Measured:
             "ledger_ms(1 source)": f"{first}.{key}.postgres",
             "ledger_ms(2 sources)": f"bench/results/burst.json#{key}.postgres",
             "fanout_latency_ms": f"{first}.fanout_median_ms",
+            "results_ms": f"bench/results/burst.json#{key}.fn-results x due / tasks",
         },
     )
 
@@ -314,8 +322,16 @@ class Assumptions:
     fanout_memory_gib: float = 0.5
     # Pub/Sub bytes billed per message (publish + push delivery each), assumed 1 KB minimum.
     pubsub_bytes_per_message: int = 1000
-    # Results messages per task (started + succeeded/failed) reported by collectors.
-    results_messages_per_task: int = 2
+    # Outcome messages per task reported by collectors: the final one (docs/worker-kit.md:
+    # ``started`` is off by default). A retried task adds one ``failed`` report per failed
+    # attempt; the model takes every task to succeed at its first attempt.
+    results_messages_per_task: float = 1.0
+    # Wall time of one results request beyond its CPU: the ledger transaction (lock the run row,
+    # update the dispatch, maybe complete the run: ~4 round trips) and, once per run, the
+    # run-completed publish. An assumption, like fanout_io_ms.
+    results_io_ms: float = 30.0
+    # The outcomes of one tick must be recorded before the next tick's arrive (steady state).
+    results_window_s: float = 60.0
     # Source kinds the tasks spread over (app.toml has 4); a subscription's sources are assumed
     # to be of distinct kinds, so the busiest kind carries N x ceil(S / kinds) tasks.
     source_kinds: int = 4
@@ -342,6 +358,11 @@ class Deployment:
     database_max_connections: int
     database_reserved_connections: int
     database_vcpus: float
+    # The results function (outcomes into the ledger); its instances are in the Σ above.
+    results_max_instances: int = 2
+    results_concurrency: int = 1
+    # Connections outside the shared pool size: deliver's instances x its pool of 1.
+    database_fixed_connections: int = 0
 
 
 @dataclass
@@ -362,6 +383,9 @@ class Outcome:
     kind_dispatch_rate: float
     dispatched_seconds: float
     shards_needed_for_jitter_window: int
+    result_messages: int
+    results_seconds: float
+    results_within_window: bool
     connections: int
     connection_budget: int
     created_binding: str
@@ -387,13 +411,24 @@ def _cost(
     )
     fanout_vcpu_s = due * per_msg_s * assume.instance_vcpus * ticks
     select_vcpu_s = due * measured.select_ms / 1000 * ticks
-    messages = (due + tasks * assume.results_messages_per_task) * ticks
+    outcomes = tasks * assume.results_messages_per_task
+    messages = (due + outcomes) * ticks
+    # Charged like fanout: every message for its CPU plus its I/O wait (an upper bound).
+    results_vcpu_s = (
+        outcomes * (measured.results_ms + assume.results_io_ms) / 1000 * assume.instance_vcpus
+    ) * ticks
     tib = messages * 2 * assume.pubsub_bytes_per_message / 2**40
     return {
         "cloud_tasks": round(bill(PRICES["tasks_op"], 2 * tasks * ticks), 2),
-        "functions_cpu": round(bill(PRICES["run_vcpu_second"], fanout_vcpu_s + select_vcpu_s), 2),
+        "functions_cpu": round(
+            bill(PRICES["run_vcpu_second"], fanout_vcpu_s + select_vcpu_s + results_vcpu_s), 2
+        ),
         "functions_memory": round(
-            bill(PRICES["run_gib_second"], fanout_vcpu_s * assume.fanout_memory_gib), 2
+            bill(
+                PRICES["run_gib_second"],
+                (fanout_vcpu_s + results_vcpu_s) * assume.fanout_memory_gib,
+            ),
+            2,
         ),
         "functions_requests": round(bill(PRICES["run_request"], messages), 2),
         "pubsub": round(bill(PRICES["pubsub_tib"], tib), 2),
@@ -401,6 +436,14 @@ def _cost(
         "firestore_reads": round(bill(PRICES["firestore_read"], 2 * due * ticks), 2),
         "firestore_writes": round(bill(PRICES["firestore_write"], due * ticks), 2),
     }
+
+
+def _per_instance_rate(cpu_ms: float, io_ms: float, concurrency: int, vcpus: float) -> float:
+    """Requests per second one instance sustains: ``concurrency`` requests in flight, each
+    ``cpu_ms + io_ms`` long, but never more than its vCPUs can run."""
+    if cpu_ms <= 0:
+        return math.inf
+    return min(concurrency / ((cpu_ms + io_ms) / 1000), vcpus * 1000 / cpu_ms)
 
 
 def evaluate(
@@ -449,7 +492,20 @@ def evaluate(
     else:
         dispatch_binding = "none (every task dispatches at its jitter time)"
     needed = math.ceil(busiest / deployment.jitter_seconds / queue_cap)
-    connections = deployment.database_functions_instances * deployment.pool_max_size
+    result_messages = math.ceil(tasks * assume.results_messages_per_task)
+    results_s = result_messages / (
+        _per_instance_rate(
+            measured.results_ms,
+            assume.results_io_ms,
+            deployment.results_concurrency,
+            assume.instance_vcpus,
+        )
+        * deployment.results_max_instances
+    )
+    connections = (
+        deployment.database_functions_instances * deployment.pool_max_size
+        + deployment.database_fixed_connections
+    )
     budget = deployment.database_max_connections - deployment.database_reserved_connections
     monthly = _cost(due, sources, measured, assume, runs_per_month)
     return Outcome(
@@ -467,6 +523,9 @@ def evaluate(
         kind_dispatch_rate=rate,
         dispatched_seconds=round(dispatched, 1),
         shards_needed_for_jitter_window=needed,
+        result_messages=result_messages,
+        results_seconds=round(results_s, 1),
+        results_within_window=results_s <= assume.results_window_s,
         connections=connections,
         connection_budget=budget,
         created_binding=created_binding,
@@ -548,6 +607,12 @@ def current_production() -> Deployment:
     )
 
 
+# The other functions with the ledger pool, at their tfvars max_instances (not load-bound: a
+# test checks they equal production.tfvars), and deliver's 10 instances x its pool of 1.
+OTHER_LEDGER_INSTANCES = {"maintenance": 2, "sync": 2, "plan-deliveries": 5}
+DELIVER_CONNECTIONS = 10 * 1
+
+
 def sized_for(due: int, sources: int, measured: Measured, assume: Assumptions) -> Deployment:
     """The smallest deployment the model finds for ``due`` x ``sources`` inside the minute.
 
@@ -558,6 +623,8 @@ def sized_for(due: int, sources: int, measured: Measured, assume: Assumptions) -
     field). Firestore: enough shards for the indexed next_run_at writes. Queues: enough shards
     for the busiest kind to drain within the window. Database: one pooled connection per
     concurrent request; vCPUs (even, as Cloud SQL custom tiers) for the ledger work by the target.
+    results: the outcomes of one tick recorded within ``results_window_s`` (before the next
+    tick's arrive), its concurrency capped by the shared pool size.
     """
     jitter = 30.0
     target = jitter - assume.pipeline_latency_s
@@ -572,7 +639,21 @@ def sized_for(due: int, sources: int, measured: Measured, assume: Assumptions) -
     busiest = due * math.ceil(sources / assume.source_kinds)
     shards = math.ceil(busiest / jitter / LIMITS["tasks_dispatch_per_queue"].value)
     db_vcpus = 2 * math.ceil(due * measured.ledger_ms(sources) / 1000 / target / 2)
-    functions_instances = instances + 2 + 2 + 2  # + maintenance, sync, results (tfvars)
+    pool = concurrency
+    # The results function takes what one vCPU keeps busy while the others wait on the ledger,
+    # up to the shared pool size (each request holds one connection).
+    results_ms = measured.results_ms
+    results_concurrency = (
+        min(pool, max(1, math.ceil((results_ms + assume.results_io_ms) / results_ms)))
+        if results_ms > 0
+        else 1
+    )
+    results_rate = _per_instance_rate(
+        measured.results_ms, assume.results_io_ms, results_concurrency, assume.instance_vcpus
+    )
+    outcomes = due * sources * assume.results_messages_per_task
+    results_instances = max(1, math.ceil(outcomes / results_rate / assume.results_window_s))
+    functions_instances = instances + results_instances + sum(OTHER_LEDGER_INSTANCES.values())
     reserve = 20
     return Deployment(
         name=f"sized for {due:,} x {sources}",
@@ -583,13 +664,17 @@ def sized_for(due: int, sources: int, measured: Measured, assume: Assumptions) -
         kind_rate=busiest / jitter,
         kind_shards=shards,
         jitter_seconds=jitter,
-        pool_max_size=concurrency,
+        pool_max_size=pool,
         database_functions_instances=functions_instances,
         database_max_connections=max(
-            400, 100 * math.ceil((functions_instances * concurrency + reserve) / 100)
+            400,
+            100 * math.ceil((functions_instances * pool + DELIVER_CONNECTIONS + reserve) / 100),
         ),
         database_reserved_connections=reserve,
         database_vcpus=max(db_vcpus, 2),
+        results_max_instances=results_instances,
+        results_concurrency=results_concurrency,
+        database_fixed_connections=DELIVER_CONNECTIONS,
     )
 
 
@@ -658,6 +743,13 @@ def _print(result: dict[str, Any]) -> None:
         f"{result['headline_100k_x3']['sizing']['jitter_seconds']:g} s jitter window: "
         f"{head['dispatched_within_jitter_window']}); binds: {head['created_binding']} / "
         f"{head['dispatch_binding']}"
+    )
+    sizing = result["headline_100k_x3"]["sizing"]
+    print(
+        f"results: {head['result_messages']:,} outcome messages per tick in "
+        f"{head['results_seconds']} s on {sizing['results_max_instances']} instances x "
+        f"{sizing['results_concurrency']} (within the window: {head['results_within_window']}); "
+        f"ledger connections {head['connections']} of {head['connection_budget']}"
     )
 
 

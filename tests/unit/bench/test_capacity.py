@@ -11,7 +11,9 @@ import pytest
 
 from bench.capacity import (
     DEFAULT_OUTPUT,
+    DELIVER_CONNECTIONS,
     LIMITS,
+    OTHER_LEDGER_INSTANCES,
     PRICES,
     RESULTS,
     Assumptions,
@@ -26,7 +28,7 @@ from bench.capacity import (
     sized_for,
 )
 from shared.config import load_settings
-from tests.unit.deploy.hcl import tfvars
+from tests.unit.deploy.hcl import locals_, tfvars, variables
 
 MEASURED = Measured(
     select_ms=1.0,
@@ -77,6 +79,11 @@ def test_the_model_reads_its_per_message_figures_from_the_local_measurements() -
         fits = math.isclose(cost, one_run)
         assert fits or cost > one_run
     assert measured.fanout_latency_ms == one["fanout_median_ms"]
+    whole = _json("burst.json")
+    assert math.isclose(
+        measured.results_ms,
+        burst["fn-results"] * whole["due"] / whole["tasks"],
+    )
     assert all(source.startswith("bench/results/") for source in measured.sources.values())
 
 
@@ -124,6 +131,23 @@ def test_a_pool_too_large_for_the_database_is_not_within_the_minute() -> None:
     assert not evaluate(1000, 1, crowded, MEASURED, ASSUME).created_within_60s
 
 
+def test_the_results_function_by_hand() -> None:
+    measured = replace(MEASURED, results_ms=5.0)
+    assume = replace(ASSUME, results_io_ms=15.0)
+    # 20 ms per request, 4 in flight = 200/s, but one vCPU runs only 200 x 5 ms: 200/s.
+    busy = replace(SMALL, results_max_instances=3, results_concurrency=4)
+    out = evaluate(12_000, 3, busy, measured, assume)
+    assert out.result_messages == 36_000
+    assert out.results_seconds == 60.0 and out.results_within_window
+    # One in flight: 50/s per instance, 240 s for the tick's outcomes.
+    slow = evaluate(12_000, 3, replace(busy, results_concurrency=1), measured, assume)
+    assert slow.results_seconds == 240.0 and not slow.results_within_window
+    sized = sized_for(12_000, 3, measured, assume)
+    assert sized.results_concurrency == min(4, sized.pool_max_size)
+    assert evaluate(12_000, 3, sized, measured, assume).results_within_window
+    assert sized.database_fixed_connections == DELIVER_CONNECTIONS
+
+
 def test_monthly_cost_counts_two_task_operations_and_the_free_tiers() -> None:
     out = evaluate(100_000, 3, SMALL, MEASURED, ASSUME, runs_per_month=720)
     ops = 2 * 300_000 * 720
@@ -161,6 +185,10 @@ def test_the_headline_100k_x_3_is_created_in_a_minute_and_dispatched_in_the_jitt
     assert out.tasks_api_share_of_quota < 0.1, "far inside the Cloud Tasks API quota"
     assert sized.kind_shards * 4 <= LIMITS["tasks_queues_per_region"].value
     assert not evaluate(100_000, 3, current_production(), measured).created_within_60s
+    # The tick's outcomes are recorded before the next tick's arrive; 2 x 1 would take hours.
+    assert out.results_within_window and out.connections <= out.connection_budget
+    before = evaluate(100_000, 3, current_production(), measured)
+    assert before.result_messages == 300_000 and not before.results_within_window
 
 
 @pytest.mark.parametrize("environment", ["production"])
@@ -172,6 +200,17 @@ def test_production_terraform_and_pool_are_the_models_sizing(environment: str) -
     settings = load_settings(environ={"DISPATCHER_ENV": environment})
     assert settings.ledger_pool_max_size == sized.pool_max_size
     assert tfvars(environment)["database_max_connections"] == sized.database_max_connections
+    results = tfvars(environment)["functions"]["results"]
+    assert results["max_instances"] == sized.results_max_instances
+    assert results["concurrency"] == sized.results_concurrency
+    # The model counts the other ledger functions and deliver at their tfvars sizes.
+    functions = tfvars(environment)["functions"]
+    for name, instances in OTHER_LEDGER_INSTANCES.items():
+        assert functions[name]["max_instances"] == instances, name
+    deliver = (
+        tfvars(environment).get("deliver_function") or variables()["deliver_function"]["default"]
+    )
+    assert deliver["max_instances"] * locals_()["deliver_pool_max_size"] == DELIVER_CONNECTIONS
     assert tfvars(environment)["functions"]["select"]["max_instances"] >= min(
         sized.select_parallel_ticks, settings.shard_count
     )
