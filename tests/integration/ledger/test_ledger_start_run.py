@@ -12,7 +12,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from shared.ledger.repository import MAX_ERROR_CHARS, Ledger, LedgerError, RunClaims
+from shared.ledger.repository import (
+    MAX_ERROR_CHARS,
+    Ledger,
+    LedgerError,
+    RunClaims,
+    SourceSpec,
+)
 from tests.support.polling import wait_for
 
 from .test_ledger_repository import SLOT, _count, _in_threads, _spec
@@ -190,6 +196,26 @@ def test_mark_dispatches_marks_created_and_failed_in_one_statement(
     ).fetchone() == ("created", 1)
     assert ledger.mark_dispatches([], []) == (0, 0)
     assert ledger.mark_dispatches([d]) == (1, 0)
+
+
+def test_text_reaches_the_rows_unchanged_through_the_json_parameter(
+    ledger: Ledger, sql_conn: psycopg.Connection[Any]
+) -> None:
+    """start_run and mark_dispatches pass their rows as one JSON text: quotes, backslashes,
+    JSON-looking text, control characters and non-ASCII come out as they went in."""
+    awkward = ['quo"te', "back\\slash", '{"a": [1]}', "null", "tab\tnew\nline", "café ☕ 𝄞"]
+    specs = [
+        SourceSpec(f"src-{text}", f"kind {text}", f"task {text}", f"queue {text}")
+        for text in awkward
+    ]
+    started = ledger.start_run("acme", SLOT, "schedule", specs)
+    assert [(c.source_id, c.source_kind, c.task_name, c.queue) for c in started.claims] == [
+        (s.source_id, s.source_kind, s.task_name, s.queue) for s in specs
+    ]
+    ids = [c.dispatch_id for c in started.claims]
+    assert ledger.mark_dispatches([], list(zip(ids, awkward, strict=True))) == (0, len(ids))
+    stored = dict(sql_conn.execute("SELECT id, last_error FROM dispatches").fetchall())
+    assert [stored[i] for i in ids] == awkward
 
 
 def test_the_autocommit_calls_hand_back_ordinary_connections(ledger: Ledger) -> None:
