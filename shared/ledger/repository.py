@@ -14,9 +14,10 @@ What a :class:`Claim` tells fanout to do:
 
 fanout makes two round trips per due message: :meth:`Ledger.start_run` records the run and
 claims every source's key in **one statement** (a data-modifying CTE), and
-:meth:`Ledger.mark_dispatches` marks every create's outcome in **one statement**, both in
-autocommit mode (a single statement is atomic alone; no ``BEGIN`` / ``COMMIT`` round trips
-around it). The claim
+:meth:`Ledger.mark_dispatches` marks every create's outcome in **one statement**, both outside
+a transaction (the pool's connections are in autocommit mode; a single statement is atomic
+alone, so no ``BEGIN`` / ``COMMIT`` round trips around it; every other method runs in one
+explicit transaction). The claim
 semantics are those of :meth:`Ledger.record_run` + :meth:`Ledger.claim_dispatches` (which stay,
 for reconcile, the CLI and tests):
 
@@ -37,7 +38,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, Literal
@@ -306,6 +307,20 @@ def _utc_session(conn: psycopg.Connection[Any]) -> None:
     # tests compare stays stable across machines.
     conn.execute("SET TIME ZONE 'UTC'")
     conn.commit()
+    # Pooled connections live in autocommit; calls that need a transaction open one explicitly
+    # (pooled_transaction). fanout's two single-statement calls then run as they are, where
+    # switching the mode to autocommit and back cost four wait()s per due message on the client.
+    conn.autocommit = True
+
+
+@contextmanager
+def pooled_transaction(
+    pool: ConnectionPool[psycopg.Connection[Any]],
+) -> Iterator[psycopg.Connection[Any]]:
+    """A connection of an :func:`open_pool` pool inside one transaction: committed when the
+    block ends, rolled back on an exception (what a non-autocommit connection did implicitly)."""
+    with pool.connection() as conn, conn.transaction():
+        yield conn
 
 
 class ProbeIfIdle:
@@ -359,7 +374,9 @@ def open_pool(
 
     It opens on first use by :class:`Ledger` (or an explicit ``pool.open()``), so building one at
     import or configuration time makes no network call. Connections that sat idle are probed
-    before being handed out (:class:`ProbeIfIdle`).
+    before being handed out (:class:`ProbeIfIdle`). Connections are in autocommit mode: code
+    that needs several statements in one transaction takes its connection through
+    :func:`pooled_transaction`.
     """
     probe = probe or ProbeIfIdle()
     return ConnectionPool(
@@ -389,34 +406,28 @@ class Ledger:
     def pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
         return self._pool
 
-    def _connection(self) -> AbstractContextManager[psycopg.Connection[Any]]:
+    def _open(self) -> ConnectionPool[psycopg.Connection[Any]]:
         if not self._opened:
             with self._open_lock:
                 if not self._opened:
                     if self._pool.closed:
                         self._pool.open()
                     self._opened = True
-        # The pool's context manager commits on success and rolls back on an exception.
-        return self._pool.connection()
+        return self._pool
 
-    @contextmanager
-    def _autocommit(self) -> Iterator[psycopg.Connection[Any]]:
-        """A pooled connection in autocommit mode, for a call made of single statements that
-        need no transaction around them (each is atomic on its own).
+    def _connection(self) -> AbstractContextManager[psycopg.Connection[Any]]:
+        # One transaction per call, committed on success and rolled back on an exception.
+        return pooled_transaction(self._open())
 
-        psycopg otherwise opens a transaction with a ``BEGIN`` round trip before the first
-        statement and ends it with a ``COMMIT`` round trip: for fanout's two calls per due
-        message that was four extra round trips. The connection goes back to the pool in its
-        usual mode.
+    def _autocommit(self) -> AbstractContextManager[psycopg.Connection[Any]]:
+        """A pooled connection outside any transaction, for a call made of single statements
+        that need none around them (each is atomic on its own).
+
+        A transaction costs a ``BEGIN`` round trip before the first statement and a ``COMMIT``
+        round trip after the last: for fanout's two calls per due message, four extra round
+        trips.
         """
-        with self._connection() as conn:
-            conn.autocommit = True
-            try:
-                yield conn
-            finally:
-                # On a broken connection this may fail; the pool discards that one anyway.
-                with suppress(psycopg.Error):
-                    conn.autocommit = False
+        return self._open().connection()
 
     # -- runs ---------------------------------------------------------------------------------
 

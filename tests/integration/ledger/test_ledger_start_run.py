@@ -11,6 +11,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.pq import TransactionStatus
 
 from shared.ledger.repository import (
     MAX_ERROR_CHARS,
@@ -18,6 +19,7 @@ from shared.ledger.repository import (
     LedgerError,
     RunClaims,
     SourceSpec,
+    pooled_transaction,
 )
 from tests.support.polling import wait_for
 
@@ -218,13 +220,26 @@ def test_text_reaches_the_rows_unchanged_through_the_json_parameter(
     assert [stored[i] for i in ids] == awkward
 
 
-def test_the_autocommit_calls_hand_back_ordinary_connections(ledger: Ledger) -> None:
-    """start_run and mark_dispatches skip BEGIN / COMMIT; the pooled connection they used must
-    come back transactional for every other call."""
+def test_pooled_connections_stay_in_autocommit_and_other_calls_open_a_transaction(
+    ledger: Ledger, sql_conn: psycopg.Connection[Any]
+) -> None:
+    """start_run and mark_dispatches skip BEGIN / COMMIT without switching the connection's
+    mode; every other call runs in a transaction of its own, which it never leaves open."""
     started = ledger.start_run("acme", SLOT, "schedule", [_spec("a")])
     ledger.mark_dispatches([started.claims[0].dispatch_id])
     with pytest.raises(LedgerError):
         ledger.start_run("acme", SLOT, "schedule", [_spec("a"), _spec("a")])
+    ledger.record_run("acme", SLOT + timedelta(hours=1), "schedule")
     for _ in range(ledger.pool.max_size):
         with ledger.pool.connection() as conn:
-            assert conn.autocommit is False
+            assert conn.autocommit is True
+            assert conn.info.transaction_status is TransactionStatus.IDLE
+
+    with pooled_transaction(ledger.pool) as conn:
+        assert conn.info.transaction_status is TransactionStatus.INTRANS
+        conn.execute("DELETE FROM dispatches")
+    assert _count(sql_conn, "SELECT count(*) FROM dispatches") == 0
+    with pytest.raises(ZeroDivisionError), pooled_transaction(ledger.pool) as conn:
+        conn.execute("DELETE FROM runs")
+        _ = 1 / 0
+    assert _count(sql_conn, "SELECT count(*) FROM runs") == 2  # rolled back
