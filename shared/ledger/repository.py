@@ -419,7 +419,8 @@ class Ledger:
         # One transaction per call, committed on success and rolled back on an exception.
         return pooled_transaction(self._open())
 
-    def _autocommit(self) -> AbstractContextManager[psycopg.Connection[Any]]:
+    @contextmanager
+    def _autocommit(self) -> Iterator[psycopg.Connection[Any]]:
         """A pooled connection outside any transaction, for a call made of single statements
         that need none around them (each is atomic on its own).
 
@@ -427,7 +428,14 @@ class Ledger:
         round trip after the last: for fanout's two calls per due message, four extra round
         trips.
         """
-        return self._open().connection()
+        pool = self._open()
+        # getconn / putconn rather than pool.connection(): its ``with conn`` ends with a
+        # commit() that, in autocommit, only takes the lock and waits on nothing.
+        conn = pool.getconn()
+        try:
+            yield conn
+        finally:
+            pool.putconn(conn)
 
     # -- runs ---------------------------------------------------------------------------------
 
@@ -1152,7 +1160,11 @@ def _json_param(rows: Sequence[Sequence[object]]) -> str:
     # (element type, dimensions, None) on every call, which measured as the larger part of
     # the ledger's client CPU. ensure_ascii=False keeps text as it is: a string psycopg could
     # not encode before fails the same way now.
-    return json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
+    return _encode_json_param(rows)
+
+
+# Built once: json.dumps with any non-default option builds a JSONEncoder on every call.
+_encode_json_param = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def _dumps(obj: object) -> str:
