@@ -1157,9 +1157,8 @@ def _json_default(value: object) -> object:
 def _json_param(rows: Sequence[Sequence[object]]) -> str:
     # fanout's two statements take their rows as one JSON text, not one array per column:
     # psycopg dumps a str in one step, while each list goes through ListDumper's inspection
-    # (element type, dimensions, None) on every call, which measured as the larger part of
-    # the ledger's client CPU. ensure_ascii=False keeps text as it is: a string psycopg could
-    # not encode before fails the same way now.
+    # (element type, dimensions, None) on every call, about a quarter of the two calls'
+    # client CPU in a profile. ensure_ascii=False: non-ASCII goes as UTF-8, as in the arrays.
     return _encode_json_param(rows)
 
 
