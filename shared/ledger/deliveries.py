@@ -33,7 +33,7 @@ from psycopg_pool import ConnectionPool
 
 from shared.delivery_key import DeliveryKey
 from shared.email_render import SourceReport
-from shared.ledger.repository import MAX_ERROR_CHARS, LedgerError
+from shared.ledger.repository import MAX_ERROR_CHARS, LedgerError, pooled_transaction
 
 EmailState = Literal["queued", "sending", "sent", "failed"]
 TaskState = Literal["claimed", "created", "failed"]
@@ -145,7 +145,8 @@ class EmailLedger:
                     if self._pool.closed:
                         self._pool.open()
                     self._opened = True
-        return self._pool.connection()
+        # The pool's connections are in autocommit mode: one transaction per call, as before.
+        return pooled_transaction(self._pool)
 
     # -- planning ------------------------------------------------------------------------
 

@@ -11,8 +11,16 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.pq import TransactionStatus
 
-from shared.ledger.repository import MAX_ERROR_CHARS, Ledger, LedgerError, RunClaims
+from shared.ledger.repository import (
+    MAX_ERROR_CHARS,
+    Ledger,
+    LedgerError,
+    RunClaims,
+    SourceSpec,
+    pooled_transaction,
+)
 from tests.support.polling import wait_for
 
 from .test_ledger_repository import SLOT, _count, _in_threads, _spec
@@ -192,13 +200,46 @@ def test_mark_dispatches_marks_created_and_failed_in_one_statement(
     assert ledger.mark_dispatches([d]) == (1, 0)
 
 
-def test_the_autocommit_calls_hand_back_ordinary_connections(ledger: Ledger) -> None:
-    """start_run and mark_dispatches skip BEGIN / COMMIT; the pooled connection they used must
-    come back transactional for every other call."""
+def test_text_reaches_the_rows_unchanged_through_the_json_parameter(
+    ledger: Ledger, sql_conn: psycopg.Connection[Any]
+) -> None:
+    """start_run and mark_dispatches pass their rows as one JSON text: quotes, backslashes,
+    JSON-looking text, control characters and non-ASCII come out as they went in."""
+    awkward = ['quo"te', "back\\slash", '{"a": [1]}', "null", "tab\tnew\nline", "café ☕ 𝄞"]
+    specs = [
+        SourceSpec(f"src-{text}", f"kind {text}", f"task {text}", f"queue {text}")
+        for text in awkward
+    ]
+    started = ledger.start_run("acme", SLOT, "schedule", specs)
+    assert [(c.source_id, c.source_kind, c.task_name, c.queue) for c in started.claims] == [
+        (s.source_id, s.source_kind, s.task_name, s.queue) for s in specs
+    ]
+    ids = [c.dispatch_id for c in started.claims]
+    assert ledger.mark_dispatches([], list(zip(ids, awkward, strict=True))) == (0, len(ids))
+    stored = dict(sql_conn.execute("SELECT id, last_error FROM dispatches").fetchall())
+    assert [stored[i] for i in ids] == awkward
+
+
+def test_pooled_connections_stay_in_autocommit_and_other_calls_open_a_transaction(
+    ledger: Ledger, sql_conn: psycopg.Connection[Any]
+) -> None:
+    """start_run and mark_dispatches skip BEGIN / COMMIT without switching the connection's
+    mode; every other call runs in a transaction of its own, which it never leaves open."""
     started = ledger.start_run("acme", SLOT, "schedule", [_spec("a")])
     ledger.mark_dispatches([started.claims[0].dispatch_id])
     with pytest.raises(LedgerError):
         ledger.start_run("acme", SLOT, "schedule", [_spec("a"), _spec("a")])
+    ledger.record_run("acme", SLOT + timedelta(hours=1), "schedule")
     for _ in range(ledger.pool.max_size):
         with ledger.pool.connection() as conn:
-            assert conn.autocommit is False
+            assert conn.autocommit is True
+            assert conn.info.transaction_status is TransactionStatus.IDLE
+
+    with pooled_transaction(ledger.pool) as conn:
+        assert conn.info.transaction_status is TransactionStatus.INTRANS
+        conn.execute("DELETE FROM dispatches")
+    assert _count(sql_conn, "SELECT count(*) FROM dispatches") == 0
+    with pytest.raises(ZeroDivisionError), pooled_transaction(ledger.pool) as conn:
+        conn.execute("DELETE FROM runs")
+        _ = 1 / 0
+    assert _count(sql_conn, "SELECT count(*) FROM runs") == 2  # rolled back
