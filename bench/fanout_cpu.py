@@ -180,8 +180,11 @@ def run(messages: int, rounds: int, warmup: int, settle: float = 0.0) -> dict[st
         now = datetime.now(UTC).replace(second=0, microsecond=0)
 
         def drive(count: int, prefix: str) -> tuple[float, list[float]]:
-            # Encoded before the clock starts: what is timed is the request, not its making.
-            bodies = [json.dumps(push_body(i, now, now, prefix)).encode() for i in range(count)]
+            # Encoded before the clock starts: what is timed is the request, not its making. The
+            # snapshot is read "now" for every round: fanout trusts it only for a few minutes
+            # (snapshot_max_age_seconds) and would otherwise fall back to Firestore in a long run.
+            read_at = datetime.now(UTC)
+            bodies = [json.dumps(push_body(i, now, read_at, prefix)).encode() for i in range(count)]
             walls: list[float] = []
             cpu0 = time.process_time()
             for body in bodies:
