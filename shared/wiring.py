@@ -52,6 +52,7 @@ def select_dependencies() -> SelectDependencies:
             clients.publisher,
             settings.topic_path(DUE_TOPIC),
             timeout=settings.publish_timeout_seconds,
+            direct=True,
         ),
         digests=digest_dependencies(),
     )

@@ -505,13 +505,17 @@ def _encode(body: dict[str, Any], snapshot: dict[str, Any] | None) -> bytes:
     reads Firestore, as before). The message is valid either way: fanout's contract check must
     never dead-letter a due message because of what select added."""
     if snapshot is not None:
+        message = {**body, "subscription": snapshot}
         try:
-            data = json.dumps({**body, "subscription": snapshot}, separators=(",", ":")).encode()
+            data = json.dumps(message, separators=(",", ":")).encode()
         except (TypeError, ValueError):  # a params value JSON cannot carry
             pass
         else:
+            # The dict itself is checked, not json.loads(data): once dumps accepted it, it holds
+            # only what Firestore's to_dict and our to_document build (dicts with str keys,
+            # lists, str, int, float, bool, None), which the round trip gives back unchanged.
             if len(data) <= MAX_SNAPSHOT_MESSAGE_BYTES and not get_contract("due.v1.json").issues(
-                json.loads(data)
+                message
             ):
                 return data
     return json.dumps(body, separators=(",", ":")).encode()

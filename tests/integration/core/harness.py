@@ -102,6 +102,7 @@ class Core:
                 lambda: self.publisher_client,
                 self.settings.topic_path(DUE_TOPIC),
                 timeout=30.0,
+                direct=True,  # as select's wiring publishes
             ),
         )
         self.fanout_deps = FanoutDependencies(

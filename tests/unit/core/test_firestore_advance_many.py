@@ -13,6 +13,7 @@ from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import firestore
 from google.cloud.firestore_v1.types.firestore import BatchWriteResponse
+from google.cloud.firestore_v1.types.write import Write
 from google.rpc import code_pb2, status_pb2
 
 from shared.dal.firestore_store import FirestoreSubscriptionStore
@@ -42,7 +43,8 @@ class ScriptedApi:
         self.lock = threading.Lock()
 
     def batch_write(self, request: dict[str, Any], **kwargs: Any) -> BatchWriteResponse:
-        writes = list(request["writes"])
+        # The store sends raw protobufs; the proto-plus view reads timestamps as datetimes.
+        writes = [w if isinstance(w, Write) else Write.wrap(w) for w in request["writes"]]
         with self.lock:
             self.calls.append(writes)
             self.kwargs.append(kwargs)
