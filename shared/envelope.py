@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -52,11 +53,16 @@ _MAX_ID_CHARS = 256
 _TRACE_ATTRIBUTES = ("googclient_traceparent", "traceparent")
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_rfc3339(text: str) -> datetime:
     """Parse an RFC 3339 date-time with an explicit offset into an aware ``datetime``.
 
     Fractions beyond microseconds (Pub/Sub sends nanoseconds) are truncated. Raises
     ``ValueError`` for anything else, including leap seconds, which ``datetime`` cannot hold.
+
+    Cached (a ``datetime`` is immutable): one fanout message parses the same slot and snapshot
+    times several times over (its envelope, the contract's date-time checks of the message and
+    of each task body, the snapshot's age), and every message of a tick carries the same slot.
     """
     match = _RFC3339.fullmatch(text)
     if not match:
