@@ -45,19 +45,20 @@ queues = {
 }
 
 # Sized by the capacity model for 100,000 due subscriptions x 3 sources in one minute
-# (bench/capacity.py sized_for; docs/capacity.md): fanout 37 instances x 7 concurrent requests
-# (one vCPU busy while the others wait on Firestore, the ledger and Cloud Tasks), select room for
-# one tick per dispatcher shard. One warm select instance: the tick arrives every minute and a
-# cold start eats into it. results 25 x 7: the tick's 300,000 outcome messages (one per task)
-# recorded within the minute at 4.45 ms of CPU each. Ledger functions x pool (7) =
-# (37 + 25 + 2 + 2 + 5) x 7 = 497, plus deliver's 10 instances x 1 = 507 <= 600 - 20 (fanout,
-# results, maintenance, sync, plan-deliveries; deliver in deliveries.tf).
+# (bench/capacity.py sized_for; docs/capacity.md; burst and pipeline re-measured 2026-12-01):
+# fanout 45 instances x 6 concurrent requests (one vCPU busy while the others wait on the
+# ledger and Cloud Tasks), select room for one tick per dispatcher shard. One warm select
+# instance: the tick arrives every minute and a cold start eats into it. results 29 x 6: the
+# tick's 300,000 outcome messages (one per task) recorded within the minute at 4.52 ms of CPU
+# each. Ledger functions x pool (6) = (45 + 29 + 2 + 2 + 5) x 6 = 498, plus deliver's 10
+# instances x 1 = 508 <= 600 - 20 (fanout, results, maintenance, sync, plan-deliveries; deliver
+# in deliveries.tf).
 functions = {
   select            = { memory = "512Mi", cpu = "1", timeout_seconds = 120, min_instances = 1, max_instances = 32, concurrency = 1 }
-  fanout            = { memory = "512Mi", cpu = "1", timeout_seconds = 60, min_instances = 0, max_instances = 37, concurrency = 7 }
+  fanout            = { memory = "512Mi", cpu = "1", timeout_seconds = 60, min_instances = 0, max_instances = 45, concurrency = 6 }
   maintenance       = { memory = "512Mi", cpu = "1", timeout_seconds = 540, min_instances = 0, max_instances = 2, concurrency = 1 }
   sync              = { memory = "512Mi", cpu = "1", timeout_seconds = 300, min_instances = 0, max_instances = 2, concurrency = 1 }
-  results           = { memory = "512Mi", cpu = "1", timeout_seconds = 60, min_instances = 0, max_instances = 25, concurrency = 7 }
+  results           = { memory = "512Mi", cpu = "1", timeout_seconds = 60, min_instances = 0, max_instances = 29, concurrency = 6 }
   "plan-deliveries" = { memory = "512Mi", cpu = "1", timeout_seconds = 60, min_instances = 0, max_instances = 5, concurrency = 1 }
 }
 
@@ -69,5 +70,5 @@ notification_channels = []
 
 # The ledger's connection budget: Cloud SQL's max_connections flag on the production instance
 # (set it to this value) minus the reserve. [ledger] pool_max_size in app.production.toml.
-ledger_pool_max_size     = 7
+ledger_pool_max_size     = 6
 database_max_connections = 600

@@ -8,6 +8,7 @@ import pytest
 
 from shared.config import ConfigError, load_settings
 from shared.paths import project_root
+from tests.unit.deploy.hcl import tfvars
 
 
 def test_the_shipped_files_parse_for_every_environment() -> None:
@@ -166,7 +167,9 @@ def test_shard_queue_names_never_collide_with_another_kinds_queue(tmp_path: Path
 def test_the_ledger_pool_size_comes_from_the_environments_file(tmp_path: Path) -> None:
     assert load_settings(environ={}).ledger_pool_max_size == 8
     production = load_settings(environ={"DISPATCHER_ENV": "production"})
-    assert production.ledger_pool_max_size == 7  # = fanout's concurrency in production.tfvars
+    # One pooled connection per concurrent request: production.tfvars' fanout concurrency.
+    fanout = tfvars("production")["functions"]["fanout"]
+    assert production.ledger_pool_max_size == fanout["concurrency"] == 6
     base = (project_root() / "app.toml").read_text()
     (tmp_path / "app.toml").write_text(base.replace("pool_max_size = 8", "pool_max_size = 0"))
     with pytest.raises(ConfigError, match=r"ledger\.pool_max_size: 0"):
