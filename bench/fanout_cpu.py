@@ -18,7 +18,6 @@ out.txt`` (``bench/profile_fanout.sh`` does all three).
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import os
@@ -32,6 +31,8 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from bench import inprocess
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = [
@@ -245,29 +246,17 @@ def fold(path: Path) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--messages", type=int, default=2000, help="due messages per round")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=200)
-    parser.add_argument(
-        "--settle",
-        type=float,
-        default=0.0,
-        help="seconds to wait after the warm-up (time to attach a profiler: py-spy --pid)",
+    """Run the rounds (or fold a profile); print the figures and write them with --output."""
+    return inprocess.main(
+        argv,
+        description=(__doc__ or "").split("\n\n")[0],
+        count_flag="--messages",
+        count_help="due messages per round",
+        default_count=2000,
+        default_warmup=200,
+        run=run,
+        fold=fold,
     )
-    parser.add_argument("--output", type=Path, help="write the figures as JSON here")
-    parser.add_argument("--fold", type=Path, help="only fold a py-spy raw profile and print it")
-    args = parser.parse_args(argv)
-    if args.fold:
-        for name, share in fold(args.fold).items():
-            print(f"{share:5.1f} %  {name}")
-        return 0
-    figures = run(args.messages, args.rounds, args.warmup, args.settle)
-    text = json.dumps(figures, indent=2)
-    print(text)
-    if args.output:
-        args.output.write_text(text + "\n")
-    return 0
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from shared.config import get_settings
 
 if TYPE_CHECKING:
     import google.cloud.pubsub_v1 as pubsub_v1
+    import grpc
     from google.cloud import firestore, tasks_v2
 
 
@@ -58,3 +59,15 @@ def build_tasks_client(host: str | None) -> tasks_v2.CloudTasksClient:
 
     channel = grpc.insecure_channel(host)
     return tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
+
+
+def grpc_channel_of(client: object) -> grpc.Channel | None:
+    """The gRPC channel under a generated client, or ``None`` (a test double, a REST transport).
+
+    The hot paths (fanout's creates, select's publishes) call one method on it through a plain
+    protobuf stub: the same RPC with the client's credentials, without the wrapper layers.
+    """
+    import grpc
+
+    channel = getattr(getattr(client, "transport", None), "grpc_channel", None)
+    return channel if isinstance(channel, grpc.Channel) else None

@@ -29,6 +29,7 @@ import grpc
 from google.api_core import exceptions as gexc
 from google.api_core import retry as gretry
 
+from shared.clients import grpc_channel_of
 from shared.dal.records import TaskRequest
 from shared.errors import RetryableError, TaskRejectedError
 
@@ -113,10 +114,8 @@ class CloudTasksGateway:
         if not self._stub_checked:
             with self._stub_lock:
                 if not self._stub_checked:
-                    channel = getattr(
-                        getattr(self._client_factory(), "transport", None), "grpc_channel", None
-                    )
-                    if isinstance(channel, grpc.Channel):
+                    channel = grpc_channel_of(self._client_factory())
+                    if channel is not None:
                         self._stub = _CreateStub(channel)
                     self._stub_checked = True
         return self._stub

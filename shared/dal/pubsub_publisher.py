@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from google.api_core import exceptions as gexc
 
+from shared.clients import grpc_channel_of
 from shared.dal.records import OutboundMessage
 from shared.errors import DependencyTimeoutError, DependencyUnavailableError
 
@@ -112,12 +113,8 @@ class PubSubPublisher:
         if not self._stub_checked:
             with self._stub_lock:
                 if not self._stub_checked:
-                    import grpc
-
-                    channel = getattr(
-                        getattr(self._client_factory(), "transport", None), "grpc_channel", None
-                    )
-                    if isinstance(channel, grpc.Channel):
+                    channel = grpc_channel_of(self._client_factory())
+                    if channel is not None:
                         self._stub = _PublishStub(channel, self._topic_path)
                     self._stub_checked = True
         return self._stub
