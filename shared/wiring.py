@@ -68,19 +68,10 @@ def digest_dependencies() -> DigestDependencies:
     dispatcher shard (32 in production), which the database's connection budget has no room
     for; the deliver function records each email's row on its first attempt.
     """
-    from shared import clients
     from shared.config import get_settings
-    from shared.dal.digest_schedules import FirestoreDigestSchedules
+    from shared.dal import make_digest_schedules
 
-    settings = get_settings()
-    return DigestDependencies(
-        schedules=FirestoreDigestSchedules(
-            clients.firestore_client,
-            timeout=settings.dependency_timeout_seconds,
-            retry_budget=settings.dependency_retry_budget_seconds,
-        ),
-        plan=_digest_planner,
-    )
+    return DigestDependencies(schedules=make_digest_schedules(get_settings()), plan=_digest_planner)
 
 
 @functools.cache

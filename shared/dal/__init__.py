@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from shared.config import Settings
     from shared.dal.cloud_tasks import CloudTasksGateway
+    from shared.dal.digest_schedules import FirestoreDigestSchedules
     from shared.dal.firestore_store import FirestoreSubscriptionStore
     from shared.dal.pubsub_publisher import PubSubPublisher
     from shared.ledger.repository import Ledger
@@ -50,6 +51,20 @@ def make_store(
     from shared.dal.firestore_store import FirestoreSubscriptionStore
 
     return FirestoreSubscriptionStore(
+        client_factory or clients.firestore_client,
+        timeout=settings.dependency_timeout_seconds,
+        retry_budget=settings.dependency_retry_budget_seconds,
+    )
+
+
+def make_digest_schedules(
+    settings: Settings, client_factory: Callable[[], firestore.Client] | None = None
+) -> FirestoreDigestSchedules:
+    """The ``delivery_schedules`` collection with the configured timeout and retry budget."""
+    from shared import clients
+    from shared.dal.digest_schedules import FirestoreDigestSchedules
+
+    return FirestoreDigestSchedules(
         client_factory or clients.firestore_client,
         timeout=settings.dependency_timeout_seconds,
         retry_budget=settings.dependency_retry_budget_seconds,

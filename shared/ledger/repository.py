@@ -1154,16 +1154,14 @@ def _json_default(value: object) -> object:
     raise TypeError(f"cannot store {type(value).__name__} in the mirror document")
 
 
-def _json_param(rows: Sequence[Sequence[object]]) -> str:
-    # fanout's two statements take their rows as one JSON text, not one array per column:
-    # psycopg dumps a str in one step, while each list goes through ListDumper's inspection
-    # (element type, dimensions, None) on every call, about a quarter of the two calls'
-    # client CPU in a profile. ensure_ascii=False: non-ASCII goes as UTF-8, as in the arrays.
-    return _encode_json_param(rows)
-
-
-# Built once: json.dumps with any non-default option builds a JSONEncoder on every call.
-_encode_json_param = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+# fanout's two statements take their rows as one JSON text, not one array per column: psycopg
+# dumps a str in one step, while each list goes through ListDumper's inspection (element type,
+# dimensions, None) on every call, about a quarter of the two calls' client CPU in a profile.
+# ensure_ascii=False: non-ASCII goes as UTF-8, as in the arrays. The encoder is built once:
+# json.dumps with any non-default option builds a JSONEncoder on every call.
+_json_param: Callable[[object], str] = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":")
+).encode
 
 
 def _dumps(obj: object) -> str:

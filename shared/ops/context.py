@@ -53,15 +53,10 @@ class OpsContext:
 
     def digest_schedules(self) -> FirestoreDigestSchedules:
         """The ``delivery_schedules`` collection (scheduled digests)."""
-        from shared.dal.digest_schedules import FirestoreDigestSchedules
+        from shared.dal import make_digest_schedules
 
         schedules: FirestoreDigestSchedules = self._get(
-            "digest_schedules",
-            lambda: FirestoreDigestSchedules(
-                self.firestore,
-                timeout=self.settings.dependency_timeout_seconds,
-                retry_budget=self.settings.dependency_retry_budget_seconds,
-            ),
+            "digest_schedules", lambda: make_digest_schedules(self.settings, self.firestore)
         )
         return schedules
 

@@ -47,11 +47,6 @@ def set_tasks(tasks: TaskGateway | None) -> None:
     _deps.tasks = tasks
 
 
-def set_digest_schedules(schedules: ScheduleAdmin | None) -> None:
-    """Use ``schedules`` for ``delivery_schedules`` (tests); ``None`` restores Firestore's."""
-    _deps.digest_schedules = schedules
-
-
 def set_clock(clock: Callable[[], datetime] | None) -> None:
     """Use ``clock`` for "now" (tests); ``None`` restores the wall clock."""
     _deps.clock = clock
@@ -70,16 +65,10 @@ def store() -> SubscriptionStore:
 def digest_schedules() -> ScheduleAdmin:
     """The ``delivery_schedules`` collection (scheduled digests), on the shared Firestore client."""
     if _deps.digest_schedules is None:
-        from shared import clients
         from shared.config import get_settings
-        from shared.dal.digest_schedules import FirestoreDigestSchedules
+        from shared.dal import make_digest_schedules
 
-        settings = get_settings()
-        _deps.digest_schedules = FirestoreDigestSchedules(
-            clients.firestore_client,
-            timeout=settings.dependency_timeout_seconds,
-            retry_budget=settings.dependency_retry_budget_seconds,
-        )
+        _deps.digest_schedules = make_digest_schedules(get_settings())
     return _deps.digest_schedules
 
 
